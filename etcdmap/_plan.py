@@ -1,0 +1,109 @@
+"""Pure helpers of the mapping: key paths, and writes planned as etcd ops.
+
+A mapping models a nested dict.  Writing a value at ``a/b`` therefore also
+removes what a nested dict could not hold beside it: a leaf at an ancestor
+(``a``) and, for a scalar, any subtree at ``a/b/``; a ``Mapping`` value replaces
+both the leaf and the subtree.  :class:`WritePlan` turns a sequence of such
+assignments into disjoint delete ranges plus puts, so they fit in one
+transaction (etcd rejects a put inside a range deleted by the same txn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .ops import Delete, Put, prefix_end, subtract_points
+
+__all__ = ["WritePlan", "parse_key"]
+
+
+def parse_key(key: object, sep: str, *, write: bool) -> bytes:
+    """The UTF-8 path of a mapping key, or the error a dict would raise.
+
+    Reads raise ``KeyError`` for any bad key; writes raise ``TypeError`` for a
+    non-``str`` key and ``ValueError`` for an empty segment (``""``, ``"a//b"``,
+    ``"/a"``, ``"a/"``).
+    """
+    if not isinstance(key, str):
+        if write:
+            raise TypeError(f"keys are str, not {type(key).__name__}")
+        raise KeyError(key)
+    if not key or "" in key.split(sep):
+        if write:
+            raise ValueError(f"invalid key {key!r}: empty path segment")
+        raise KeyError(key)
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        if write:
+            raise ValueError(f"invalid key {key!r}: not encodable as UTF-8") from None
+        raise KeyError(key) from None
+
+
+class WritePlan:
+    """Assignments applied in order, as they would be to a nested dict."""
+
+    def __init__(self, floor: bytes, sep: bytes, encode: Callable[[Any], bytes]):
+        self._floor, self._sep, self._encode = floor, sep, encode
+        self.puts: dict[bytes, bytes] = {}
+        self._regions: list[tuple[bytes, bytes]] = []
+        self._dirs: set[bytes] = set()  # "a/" for every planned put under a/ (never shrinks)
+
+    def assign(self, key: bytes, value: Any) -> None:
+        """Plan ``key = value`` (``key`` is a full etcd key)."""
+        sep = self._sep
+        leaves: dict[bytes, bytes] = {}
+        if isinstance(value, Mapping):
+            self._flatten(key, value, leaves)
+            cleared = [(key, key + b"\0")]
+        else:
+            leaves[key] = self._encode(value)  # TypeError before anything is planned
+            cleared = []
+        subtree = key + sep
+        cleared.append((subtree, prefix_end(subtree)))
+        # A leaf at an ancestor below the mapping's root cannot hold children.
+        pos = key.find(sep, len(self._floor))
+        while pos != -1:
+            ancestor = key[:pos]
+            cleared.append((ancestor, ancestor + b"\0"))
+            pos = key.find(sep, pos + len(sep))
+        for start, end in cleared:
+            if end == start + b"\0":
+                self.puts.pop(start, None)
+            elif start in self._dirs:  # only then can planned puts lie under it
+                for k in [k for k in self.puts if k.startswith(start)]:
+                    del self.puts[k]
+        self._regions.extend(cleared)
+        self.puts.update(leaves)
+        for leaf in leaves:
+            pos = leaf.find(sep, len(self._floor))
+            while pos != -1:
+                self._dirs.add(leaf[:pos + len(sep)])
+                pos = leaf.find(sep, pos + len(sep))
+
+    def _flatten(self, key: bytes, tree: Mapping[Any, Any], out: dict[bytes, bytes]) -> None:
+        sep = self._sep
+        for name, value in tree.items():
+            path = key + sep + parse_key(name, sep.decode(), write=True)
+            if isinstance(value, Mapping):
+                self._flatten(path, value, out)
+            else:
+                out[path] = self._encode(value)
+
+    def ops(self, lease: int = 0) -> list[Put | Delete]:
+        """Deletes first, then puts (with ``lease``), in key order; no two ops overlap."""
+        deletes: list[Put | Delete] = [
+            Delete(start, None if end == start + b"\0" else end)
+            for start, end in subtract_points(self._regions, self.puts)
+        ]
+        return deletes + [Put(k, v, lease=lease) for k, v in sorted(self.puts.items())]
+
+
+def plan_ops(floor: bytes, sep: bytes, encode: Callable[[Any], bytes],
+             items: Iterable[tuple[bytes, Any]], lease: int = 0) -> list[Put | Delete]:
+    """The ops of assigning ``items`` in order."""
+    plan = WritePlan(floor, sep, encode)
+    for key, value in items:
+        plan.assign(key, value)
+    return plan.ops(lease)

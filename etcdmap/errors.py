@@ -1,0 +1,220 @@
+"""The exception tree of etcdmap.
+
+Everything etcdmap raises derives from :class:`EtcdError`; builtin mix-ins let
+code written for dicts and sockets catch what it already expects::
+
+    EtcdError
+    ├── EtcdKeyError (KeyError)                 the key is absent, nothing else
+    ├── EtcdConnectionError (ConnectionError)   no answer from any endpoint
+    │   ├── EtcdTimeout (TimeoutError)          ... within the timeout
+    │   └── EtcdIndeterminateWrite              a write may or may not have applied
+    ├── EtcdProtocolError                       a body the gateway should not send
+    ├── EtcdCodecError (ValueError)             a stored value the codec cannot read
+    ├── EtcdCompareFailed                       a compare-and-swap was refused
+    ├── EtcdPartialWrite                        a chunked write stopped half-way
+    ├── EtcdLeaseExpired                        a kept-alive lease lapsed
+    ├── EtcdWatchError                          a watch ended abnormally
+    └── EtcdServerError                         an error body from the gateway
+        ├── EtcdInvalidArgument (ValueError)    gRPC 3, e.g. too many txn ops
+        │   └── EtcdRequestTooLarge             the request exceeds the server's limit
+        ├── EtcdLeaseNotFound                   gRPC 5
+        ├── EtcdPermissionError (PermissionError) gRPC 7
+        ├── EtcdQuotaExceeded                   gRPC 8, database space exceeded
+        ├── EtcdOutOfRange                      gRPC 11
+        │   └── EtcdCompacted                   the revision has been compacted
+        ├── EtcdUnavailable                     gRPC 14, e.g. no leader
+        └── EtcdAuthError                       gRPC 16 and failed logins
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "EtcdAuthError",
+    "EtcdCodecError",
+    "EtcdCompacted",
+    "EtcdCompareFailed",
+    "EtcdConnectionError",
+    "EtcdError",
+    "EtcdIndeterminateWrite",
+    "EtcdInvalidArgument",
+    "EtcdKeyError",
+    "EtcdLeaseExpired",
+    "EtcdLeaseNotFound",
+    "EtcdOutOfRange",
+    "EtcdPartialWrite",
+    "EtcdPermissionError",
+    "EtcdProtocolError",
+    "EtcdQuotaExceeded",
+    "EtcdRequestTooLarge",
+    "EtcdServerError",
+    "EtcdTimeout",
+    "EtcdUnavailable",
+    "EtcdWatchError",
+    "error_from_body",
+]
+
+
+class EtcdError(Exception):
+    """Root of every error etcdmap raises."""
+
+
+class EtcdKeyError(EtcdError, KeyError):
+    """The key is absent."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ shows repr(args[0]); keep that for dict parity.
+        return KeyError.__str__(self)
+
+
+class EtcdConnectionError(EtcdError, ConnectionError):
+    """No endpoint could be reached (or it hung up)."""
+
+
+class EtcdTimeout(EtcdConnectionError, TimeoutError):
+    """No answer within the timeout."""
+
+
+class EtcdIndeterminateWrite(EtcdConnectionError):
+    """A write failed in a way that leaves unknown whether it was applied.
+
+    Retrying it blindly is not safe: re-read the key first.
+    """
+
+
+class EtcdProtocolError(EtcdError):
+    """The server sent something the gateway protocol does not allow."""
+
+
+class EtcdCodecError(EtcdError, ValueError):
+    """A stored value that the mapping's codec cannot decode."""
+
+
+class EtcdCompareFailed(EtcdError):
+    """A compare-and-swap found a different value than expected."""
+
+
+class EtcdPartialWrite(EtcdError):
+    """A write too large for one transaction stopped after some chunks.
+
+    ``written`` holds the keys that were committed, ``unwritten`` the rest.
+    """
+
+    def __init__(self, message: str, *, written: Sequence[str], unwritten: Sequence[str]):
+        super().__init__(message)
+        self.written = list(written)
+        self.unwritten = list(unwritten)
+
+
+class EtcdLeaseExpired(EtcdError):
+    """A lease that was meant to be kept alive has lapsed or been revoked."""
+
+
+class EtcdWatchError(EtcdError):
+    """A watch was cancelled by the server or ended abnormally."""
+
+
+class EtcdServerError(EtcdError):
+    """An error body from the gateway, with its gRPC ``code`` and HTTP ``status``."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+class EtcdInvalidArgument(EtcdServerError, ValueError):
+    """The server rejected the request's arguments (gRPC INVALID_ARGUMENT)."""
+
+
+class EtcdRequestTooLarge(EtcdInvalidArgument):
+    """The request exceeds ``--max-request-bytes`` or ``--max-txn-ops``."""
+
+
+class EtcdLeaseNotFound(EtcdServerError):
+    """The lease is unknown, expired or revoked."""
+
+
+class EtcdPermissionError(EtcdServerError, PermissionError):
+    """The user's roles do not allow this request."""
+
+
+class EtcdQuotaExceeded(EtcdServerError):
+    """The server's database is full (NOSPACE alarm); deletes still work."""
+
+
+class EtcdOutOfRange(EtcdServerError):
+    """A revision or TTL outside what the server accepts."""
+
+
+class EtcdCompacted(EtcdOutOfRange):
+    """The requested revision has been compacted away.
+
+    ``compact_revision`` is the oldest revision still readable, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        compact_revision: int | None = None,
+        code: int | None = 11,
+        status: int | None = None,
+    ):
+        super().__init__(message, code=code, status=status)
+        self.compact_revision = compact_revision
+
+
+class EtcdUnavailable(EtcdServerError):
+    """The member cannot serve now (no leader, leader changed, timed out)."""
+
+
+class EtcdAuthError(EtcdServerError):
+    """Authentication failed or the token is invalid or expired."""
+
+
+_BY_CODE: dict[int, type[EtcdServerError]] = {
+    3: EtcdInvalidArgument,
+    5: EtcdLeaseNotFound,
+    7: EtcdPermissionError,
+    8: EtcdQuotaExceeded,
+    11: EtcdOutOfRange,
+    14: EtcdUnavailable,
+    16: EtcdAuthError,
+}
+_BY_STATUS: dict[int, type[EtcdServerError]] = {
+    401: EtcdAuthError,
+    403: EtcdPermissionError,
+    429: EtcdQuotaExceeded,
+    503: EtcdUnavailable,
+}
+
+
+def error_from_body(status: int, body: object) -> EtcdServerError:
+    """Build the typed error for a gateway error response (3.4, 3.5 and 3.6 shapes)."""
+    code: int | None = None
+    message = ""
+    if isinstance(body, dict):
+        raw_code = body.get("code", body.get("grpc_code"))
+        if isinstance(raw_code, int):
+            code = raw_code
+        # 3.6 dropped "error"; "message" is in every version.
+        text = body.get("message") or body.get("error")
+        message = text if isinstance(text, str) else ""
+    elif isinstance(body, str):
+        message = body.strip()
+    message = message or f"HTTP {status}"
+    cls = _BY_CODE.get(code, EtcdServerError) if code is not None else EtcdServerError
+    if cls is EtcdServerError:
+        cls = _BY_STATUS.get(status, EtcdServerError)
+    lowered = message.lower()
+    if "authentication failed" in lowered or "user name is empty" in lowered:
+        cls = EtcdAuthError
+    elif cls is EtcdOutOfRange and "compacted" in lowered:
+        return EtcdCompacted(message, code=code, status=status)
+    elif ("too large" in lowered or "too many operations" in lowered
+          or "larger than max" in lowered) and cls in (EtcdInvalidArgument, EtcdQuotaExceeded):
+        cls = EtcdRequestTooLarge
+    return cls(message, code=code, status=status)

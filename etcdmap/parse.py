@@ -1,0 +1,154 @@
+"""Parsing the gateway's replies into records, in one guarded place.
+
+Zero-valued fields are omitted by the gateway and int64s arrive as strings;
+any reply whose shape is wrong becomes :class:`EtcdProtocolError`, never a raw
+``AttributeError`` or ``TypeError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from .errors import EtcdError, EtcdProtocolError
+from .ops import as_int, unb64
+from .records import (
+    DeleteRangeResponse,
+    KeyValue,
+    LeaseGrant,
+    LeaseInfo,
+    Member,
+    OpResponse,
+    PutResponse,
+    RangeResponse,
+    Status,
+    TxnResponse,
+)
+
+T = TypeVar("T")
+
+
+def guarded(parse: Callable[[Mapping[str, Any]], T], body: Mapping[str, Any], what: str) -> T:
+    """``parse(body)``, with a malformed reply reported as :class:`EtcdProtocolError`."""
+    try:
+        return parse(body)
+    except EtcdError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise EtcdProtocolError(f"malformed {what} reply: {exc}") from exc
+
+
+def header_revision(body: Mapping[str, Any]) -> int:
+    """The store revision from a response's header."""
+    header = body.get("header") or {}
+    return as_int(header.get("revision"))
+
+
+def parse_kv(raw: Mapping[str, Any]) -> KeyValue:
+    """A ``mvccpb.KeyValue``; absent fields are zero."""
+    try:
+        return KeyValue(
+            key=unb64(raw.get("key", "")),
+            value=unb64(raw.get("value", "")),
+            create_revision=as_int(raw.get("create_revision")),
+            mod_revision=as_int(raw.get("mod_revision")),
+            version=as_int(raw.get("version")),
+            lease=as_int(raw.get("lease")),
+        )
+    except AttributeError as exc:
+        raise EtcdProtocolError("malformed key-value in response") from exc
+
+
+def _kvs(raw: object) -> tuple[KeyValue, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise EtcdProtocolError("expected a list of key-values")
+    return tuple(parse_kv(kv) for kv in raw)
+
+
+def parse_range(body: Mapping[str, Any]) -> RangeResponse:
+    """A range response."""
+    return RangeResponse(
+        kvs=_kvs(body.get("kvs")),
+        count=as_int(body.get("count")),
+        more=bool(body.get("more", False)),
+        revision=header_revision(body),
+    )
+
+
+def parse_put(body: Mapping[str, Any]) -> PutResponse:
+    """A put response."""
+    prev = body.get("prev_kv")
+    return PutResponse(revision=header_revision(body), prev_kv=parse_kv(prev) if prev else None)
+
+
+def parse_delete(body: Mapping[str, Any]) -> DeleteRangeResponse:
+    """A delete-range response."""
+    return DeleteRangeResponse(
+        revision=header_revision(body),
+        deleted=as_int(body.get("deleted")),
+        prev_kvs=_kvs(body.get("prev_kvs")),
+    )
+
+
+_PARSERS: dict[str, Any] = {
+    "response_range": parse_range,
+    "response_put": parse_put,
+    "response_delete_range": parse_delete,
+}
+
+
+def parse_txn(body: Mapping[str, Any], revision: int | None = None) -> TxnResponse:
+    """A txn response; nested headers carry no revision, so the outer one is used."""
+    rev = header_revision(body) if revision is None else revision
+    responses: list[OpResponse] = []
+    for item in body.get("responses") or ():
+        if not isinstance(item, dict) or len(item) != 1:
+            raise EtcdProtocolError("malformed txn response op")
+        (name, inner), = item.items()
+        if name == "response_txn":
+            responses.append(parse_txn(inner, rev))
+        elif name in _PARSERS:
+            responses.append(_PARSERS[name](inner))
+        else:
+            raise EtcdProtocolError(f"unknown txn response {name!r}")
+    # 'succeeded' is omitted when false.
+    return TxnResponse(succeeded=bool(body.get("succeeded", False)), revision=rev,
+                       responses=tuple(responses))
+
+
+def parse_lease_grant(body: Mapping[str, Any]) -> LeaseGrant:
+    """A lease grant."""
+    return LeaseGrant(id=as_int(body.get("ID")), ttl=as_int(body.get("TTL")))
+
+
+def parse_keepalive(body: Mapping[str, Any]) -> int:
+    """A keepalive's new TTL; 0 when the lease is gone (TTL omitted)."""
+    result = body.get("result", body)
+    return max(as_int(result.get("TTL")), 0)
+
+
+def parse_time_to_live(body: Mapping[str, Any]) -> LeaseInfo:
+    """A lease's remaining TTL (-1 when gone) and keys."""
+    return LeaseInfo(id=as_int(body.get("ID")), ttl=as_int(body.get("TTL"), -1),
+                     granted_ttl=as_int(body.get("grantedTTL")),
+                     keys=tuple(unb64(k) for k in body.get("keys") or ()))
+
+
+def parse_members(body: Mapping[str, Any]) -> list[Member]:
+    """A member list."""
+    return [Member(id=as_int(m.get("ID")), name=str(m.get("name", "")),
+                   peer_urls=tuple(str(u) for u in m.get("peerURLs") or ()),
+                   client_urls=tuple(str(u) for u in m.get("clientURLs") or ()),
+                   is_learner=bool(m.get("isLearner", False)))
+            for m in body.get("members") or ()]
+
+
+def parse_status(body: Mapping[str, Any]) -> Status:
+    """A member's status."""
+    header = body.get("header") or {}
+    return Status(version=str(body.get("version", "")), member_id=as_int(header.get("member_id")),
+                  leader=as_int(body.get("leader")), raft_term=as_int(body.get("raftTerm")),
+                  revision=as_int(header.get("revision")), db_size=as_int(body.get("dbSize")),
+                  errors=tuple(str(e) for e in body.get("errors") or ()))

@@ -1,0 +1,499 @@
+"""EtcdClient against a real etcd: the v3 calls, then the classic etcd-py calls.
+
+Every key lives under the test's own ``etcd_prefix``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from etcdmap import (
+    EtcdClient,
+    EtcdCompacted,
+    EtcdCompareFailed,
+    EtcdConnectionError,
+    EtcdKeyError,
+    EtcdLeaseNotFound,
+    EtcdOutOfRange,
+)
+from etcdmap.ops import Compare, Delete, Put, Range, prefix_end
+from etcdmap.records import DeleteRangeResponse, PutResponse, RangeResponse
+
+
+def put_all(client: EtcdClient, base: str, **items: str) -> None:
+    for name, value in items.items():
+        client.put(f"{base}/{name}", value)
+
+
+def names(resp: RangeResponse, base: str) -> list[str]:
+    return [kv.key.decode()[len(base) + 1:] for kv in resp.kvs]
+
+
+def later(delay: float, action) -> threading.Thread:
+    """Run ``action`` in another thread after ``delay`` seconds."""
+    thread = threading.Timer(delay, action)
+    thread.start()
+    return thread
+
+
+# -- range -----------------------------------------------------------------------
+
+
+def test_range_of_one_key(etcd_client, etcd_prefix) -> None:
+    etcd_client.put(f"{etcd_prefix}/a", "1")
+    resp = etcd_client.range(f"{etcd_prefix}/a")
+    assert [(kv.key, kv.value, kv.version) for kv in resp.kvs] == [
+        (f"{etcd_prefix}/a".encode(), b"1", 1),
+    ]
+    assert resp.count == 1 and resp.more is False
+
+
+def test_range_of_an_absent_key_is_empty(etcd_client, etcd_prefix) -> None:
+    resp = etcd_client.range(f"{etcd_prefix}/absent")
+    assert resp.kvs == () and resp.count == 0 and resp.revision > 0
+
+
+def test_range_with_prefix_returns_only_keys_under_it(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, b="2", a="1", c="3")
+    etcd_client.put(f"{etcd_prefix}x", "sibling")  # shares the string prefix, not the "/"
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True)
+    assert names(resp, etcd_prefix) == ["a", "b", "c"]
+
+
+def test_range_with_limit_says_more_and_counts_all(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="1", b="2", c="3")
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True, limit=2)
+    assert names(resp, etcd_prefix) == ["a", "b"]
+    assert resp.more is True and resp.count == 3
+
+
+def test_range_at_a_past_revision_sees_the_old_value(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    first = etcd_client.put(key, "old").revision
+    etcd_client.put(key, "new")
+    assert etcd_client.range(key, revision=first).kvs[0].value == b"old"
+    assert etcd_client.range(key).kvs[0].value == b"new"
+
+
+def test_range_keys_only_has_no_values(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="1", b="2")
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True, keys_only=True)
+    assert names(resp, etcd_prefix) == ["a", "b"]
+    assert {kv.value for kv in resp.kvs} == {b""}
+
+
+def test_range_count_only_has_a_count_and_no_kvs(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="1", b="2", c="3")
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True, count_only=True)
+    assert resp.kvs == () and resp.count == 3
+
+
+def test_range_sorted_descending_by_key(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="1", c="3", b="2")
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True, sort_order="DESCEND")
+    assert names(resp, etcd_prefix) == ["c", "b", "a"]
+
+
+def test_range_sorted_ascending_by_value(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="3", b="1", c="2")
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True, sort_order="ASCEND",
+                             sort_target="VALUE")
+    assert names(resp, etcd_prefix) == ["b", "c", "a"]
+
+
+def test_range_with_only_a_sort_target_sorts_ascending_by_it(etcd_client, etcd_prefix) -> None:
+    # etcd itself sorts ASCEND when a target other than KEY comes with order NONE.
+    put_all(etcd_client, etcd_prefix, b="1", a="2")
+    resp = etcd_client.range(f"{etcd_prefix}/", prefix=True, sort_target="CREATE")
+    assert names(resp, etcd_prefix) == ["b", "a"]
+
+
+# -- range_iter and pages ------------------------------------------------------------
+
+
+def test_range_iter_with_page_size_2_yields_all_5_keys(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, e="5", a="1", d="4", b="2", c="3")
+    kvs = list(etcd_client.range_iter(f"{etcd_prefix}/", prefix=True, page_size=2))
+    assert [kv.value for kv in kvs] == [b"1", b"2", b"3", b"4", b"5"]
+
+
+def test_pages_are_read_at_the_first_pages_revision(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="1", b="2", c="3", d="4", e="5")
+    start = f"{etcd_prefix}/".encode()
+    pages = etcd_client.pages(start, prefix_end(start), page_size=2)
+    first = next(pages)
+    etcd_client.put(f"{etcd_prefix}/f", "written between pages")
+    etcd_client.delete_range(f"{etcd_prefix}/e")
+    etcd_client.put(f"{etcd_prefix}/c", "changed between pages")
+    rest = list(pages)
+    seen = [kv for page in [first, *rest] for kv in page.kvs]
+    assert [kv.value for kv in seen] == [b"1", b"2", b"3", b"4", b"5"]
+    assert {page.revision for page in rest} == {first.revision}
+    assert [len(page.kvs) for page in [first, *rest]] == [2, 2, 1]
+
+
+# -- put and delete_range ---------------------------------------------------------------
+
+
+def test_put_returns_the_previous_kv_when_asked(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    created = etcd_client.put(key, "1", prev_kv=True)
+    replaced = etcd_client.put(key, "2", prev_kv=True)
+    assert created.prev_kv is None
+    assert replaced.prev_kv is not None and replaced.prev_kv.value == b"1"
+    assert replaced.revision > created.revision
+
+
+def test_put_without_prev_kv_returns_only_the_revision(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    etcd_client.put(key, "1")
+    resp = etcd_client.put(key, "2")
+    assert resp == PutResponse(revision=resp.revision) and resp.revision > 0
+
+
+def test_delete_range_of_one_key_returns_its_prev_kv(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    etcd_client.put(key, "v")
+    resp = etcd_client.delete_range(key, prev_kv=True)
+    assert resp.deleted == 1
+    assert [(kv.key, kv.value) for kv in resp.prev_kvs] == [(key.encode(), b"v")]
+    assert etcd_client.range(key).kvs == ()
+
+
+def test_delete_range_with_prefix_deletes_only_under_it(etcd_client, etcd_prefix) -> None:
+    put_all(etcd_client, etcd_prefix, a="1", b="2", c="3")
+    etcd_client.put(f"{etcd_prefix}x", "sibling")
+    resp = etcd_client.delete_range(f"{etcd_prefix}/", prefix=True)
+    assert resp.deleted == 3 and resp.prev_kvs == ()
+    assert etcd_client.range(f"{etcd_prefix}x").kvs[0].value == b"sibling"
+
+
+def test_delete_range_of_nothing_deletes_zero(etcd_client, etcd_prefix) -> None:
+    resp = etcd_client.delete_range(f"{etcd_prefix}/absent")
+    assert resp == DeleteRangeResponse(revision=resp.revision, deleted=0)
+
+
+# -- txn ---------------------------------------------------------------------------------
+
+
+def test_txn_runs_success_when_the_compare_holds(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k".encode()
+    etcd_client.put(key, b"old")
+    resp = etcd_client.txn([Compare(key, "VALUE", "==", b"old")],
+                           [Put(key, b"new")], [Range(key)])
+    assert resp.succeeded is True
+    assert [type(r) for r in resp.responses] == [PutResponse]
+    assert etcd_client.range(key).kvs[0].value == b"new"
+
+
+def test_txn_runs_failure_when_the_compare_fails(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k".encode()
+    etcd_client.put(key, b"current")
+    resp = etcd_client.txn([Compare(key, "VALUE", "==", b"expected")],
+                           [Put(key, b"new")], [Range(key)])
+    assert resp.succeeded is False
+    (current,) = resp.responses
+    assert isinstance(current, RangeResponse) and current.kvs[0].value == b"current"
+
+
+def test_txn_version_zero_compare_means_the_key_is_absent(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/lock".encode()
+    absent = [Compare(key, "VERSION", "==", 0)]
+    first = etcd_client.txn(absent, [Put(key, b"me")])
+    second = etcd_client.txn(absent, [Put(key, b"you")])
+    assert (first.succeeded, second.succeeded) == (True, False)
+    assert etcd_client.range(key).kvs[0].value == b"me"
+
+
+def test_txn_can_delete_and_put_atomically(etcd_client, etcd_prefix) -> None:
+    a, b = f"{etcd_prefix}/a".encode(), f"{etcd_prefix}/b".encode()
+    etcd_client.put(a, b"1")
+    resp = etcd_client.txn([Compare(a, "CREATE", ">", 0)], [Delete(a), Put(b, b"2")])
+    assert resp.succeeded is True
+    deleted, _ = resp.responses
+    assert isinstance(deleted, DeleteRangeResponse) and deleted.deleted == 1
+    assert etcd_client.range(a).kvs == ()
+    assert etcd_client.range(b).kvs[0].value == b"2"
+
+
+# -- compact -----------------------------------------------------------------------------
+
+
+def test_reading_a_compacted_revision_raises_etcd_compacted(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    old = etcd_client.put(key, "1").revision
+    new = etcd_client.put(key, "2").revision
+    etcd_client.compact(new)
+    with pytest.raises(EtcdCompacted):
+        etcd_client.range(key, revision=old)
+    assert etcd_client.range(key, revision=new).kvs[0].value == b"2"
+
+
+def test_reading_a_future_revision_raises_out_of_range(etcd_client, etcd_prefix) -> None:
+    current = etcd_client.put(f"{etcd_prefix}/k", "v").revision
+    with pytest.raises(EtcdOutOfRange) as info:
+        etcd_client.range(f"{etcd_prefix}/k", revision=current + 1000)
+    assert not isinstance(info.value, EtcdCompacted)
+
+
+def test_compacting_an_already_compacted_revision_raises_etcd_compacted(
+    etcd_client, etcd_prefix
+) -> None:
+    old = etcd_client.put(f"{etcd_prefix}/k", "1").revision
+    etcd_client.compact(etcd_client.put(f"{etcd_prefix}/k", "2").revision)
+    with pytest.raises(EtcdCompacted):
+        etcd_client.compact(old)
+
+
+# -- leases ------------------------------------------------------------------------------
+
+
+def test_lease_grant_and_time_to_live(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/leased"
+    lease = etcd_client.lease_grant(30)
+    etcd_client.put(key, "v", lease=lease.id)
+    info = etcd_client.lease_time_to_live(lease.id, keys=True)
+    assert lease.id > 0 and lease.ttl == 30
+    assert 0 < info.ttl <= 30 and info.granted_ttl == 30
+    assert info.keys == (key.encode(),)
+    assert etcd_client.range(key).kvs[0].lease == lease.id
+    etcd_client.lease_revoke(lease.id)
+
+
+def test_lease_keepalive_once_returns_the_ttl(etcd_client) -> None:
+    lease = etcd_client.lease_grant(30)
+    assert etcd_client.lease_keepalive_once(lease.id) == 30
+    etcd_client.lease_revoke(lease.id)
+
+
+def test_lease_revoke_deletes_its_keys_at_once(etcd_client, etcd_prefix) -> None:
+    lease = etcd_client.lease_grant(30)
+    etcd_client.put(f"{etcd_prefix}/a", "1", lease=lease.id)
+    etcd_client.put(f"{etcd_prefix}/b", "2", lease=lease.id)
+    etcd_client.lease_revoke(lease.id)
+    assert etcd_client.range(f"{etcd_prefix}/", prefix=True).kvs == ()
+
+
+@pytest.mark.parametrize("ttl", [0, -5, 1.5, True])
+def test_lease_grant_rejects_a_ttl_that_is_not_a_positive_int(ttl) -> None:
+    client = EtcdClient("http://127.0.0.1:1")  # never contacted
+    with pytest.raises(ValueError):
+        client.lease_grant(ttl)
+
+
+def test_a_revoked_lease_is_gone(etcd_client) -> None:
+    lease = etcd_client.lease_grant(30)
+    etcd_client.lease_revoke(lease.id)
+    assert etcd_client.lease_time_to_live(lease.id).ttl == -1
+    assert etcd_client.lease_keepalive_once(lease.id) == 0
+    with pytest.raises(EtcdLeaseNotFound):
+        etcd_client.lease_revoke(lease.id)
+
+
+# -- cluster -----------------------------------------------------------------------------
+
+
+def test_status_names_a_leader_among_the_members(etcd_client) -> None:
+    status = etcd_client.status()
+    assert status.version.startswith("3.")
+    assert status.revision > 0 and status.raft_term > 0 and status.errors == ()
+    assert status.leader in {m.id for m in etcd_client.members()}
+
+
+def test_members_of_the_single_node_cluster(etcd_client, etcd_endpoint) -> None:
+    (member,) = etcd_client.members()
+    assert member.client_urls == (etcd_endpoint,)
+    assert member.id == etcd_client.status().member_id
+
+
+def test_version_names_the_server_and_cluster_versions(etcd_client) -> None:
+    version = etcd_client.version()
+    assert version["etcdserver"].startswith("3.")
+    assert version["etcdcluster"].startswith("3.")
+
+
+def test_machines_and_leader_are_client_urls(etcd_client, etcd_endpoint) -> None:
+    assert etcd_client.machines() == [etcd_endpoint]
+    assert etcd_client.leader() == etcd_endpoint
+
+
+# -- classic calls: set, get, delete -------------------------------------------------------
+
+
+def test_set_then_get_a_str(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    created = etcd_client.set(key, "värde")
+    got = etcd_client.get(key)
+    assert created.new_key is True and created.prev_value is None
+    assert got.value == "värde" and isinstance(got.value, str) and got.key == key
+    assert got.revision == created.revision and got.version == 1
+
+
+def test_set_then_get_bytes(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k".encode()
+    etcd_client.set(key, b"\xff\x00binary")
+    got = etcd_client.get(key)
+    assert got.value == b"\xff\x00binary" and isinstance(got.value, bytes)
+
+
+def test_set_over_an_existing_key_returns_its_prev_value(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    etcd_client.set(key, "1")
+    result = etcd_client.set(key, "2")
+    assert (result.new_key, result.prev_value, result.value) == (False, "1", "2")
+
+
+def test_get_of_an_absent_key_raises_key_error(etcd_client, etcd_prefix) -> None:
+    with pytest.raises(EtcdKeyError) as info:
+        etcd_client.get(f"{etcd_prefix}/absent")
+    assert isinstance(info.value, KeyError)
+    assert info.value.args == (f"{etcd_prefix}/absent",)
+
+
+def test_delete_returns_the_prev_value_then_the_key_is_gone(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k".encode()
+    etcd_client.set(key, b"v")
+    assert etcd_client.delete(key).prev_value == b"v"
+    with pytest.raises(EtcdKeyError):
+        etcd_client.get(key)
+
+
+def test_delete_of_an_absent_key_raises_key_error(etcd_client, etcd_prefix) -> None:
+    with pytest.raises(KeyError):
+        etcd_client.delete(f"{etcd_prefix}/absent")
+
+
+def test_set_with_ttl_expires_the_key(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/ephemeral"
+    result = etcd_client.set(key, "v", ttl=2)
+    assert result.expiration is not None
+    expected = datetime.now(timezone.utc) + timedelta(seconds=2)
+    assert abs(result.expiration - expected) < timedelta(seconds=1)
+    event = etcd_client.watch(key, timeout=10)
+    assert event is not None and event.type == "DELETE" and event.key == key
+    with pytest.raises(EtcdKeyError):
+        etcd_client.get(key)
+
+
+# -- classic calls: testandset, list, get_recursive ------------------------------------------
+
+
+def test_testandset_replaces_the_expected_value(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    etcd_client.set(key, "old")
+    result = etcd_client.testandset(key, "old", "new")
+    assert (result.prev_value, result.value) == ("old", "new")
+    assert etcd_client.get(key).value == "new"
+
+
+def test_testandset_refuses_an_unexpected_value(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    etcd_client.set(key, "actual")
+    with pytest.raises(EtcdCompareFailed):
+        etcd_client.testandset(key, "expected", "new")
+    assert etcd_client.get(key).value == "actual"
+
+
+def test_testandset_of_an_absent_key_raises_key_error(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/absent"
+    with pytest.raises(EtcdKeyError):
+        etcd_client.testandset(key, "expected", "new")
+    assert etcd_client.range(key).kvs == ()
+
+
+def test_list_returns_each_immediate_child_once(etcd_client, etcd_prefix) -> None:
+    base = f"{etcd_prefix}/dir"
+    for name in ("a", "b/c", "b/d", "b/e/f", "g"):
+        etcd_client.set(f"{base}/{name}", "v")
+    etcd_client.set(f"{base}x/other", "v")
+    assert sorted(etcd_client.list(base)) == [f"{base}/a", f"{base}/b", f"{base}/g"]
+    assert sorted(etcd_client.list(base + "/")) == [f"{base}/a", f"{base}/b", f"{base}/g"]
+
+
+def test_list_of_bytes_returns_bytes(etcd_client, etcd_prefix) -> None:
+    base = f"{etcd_prefix}/dir".encode()
+    etcd_client.set(base + b"/a/b", b"v")
+    assert etcd_client.list(base) == [base + b"/a"]
+
+
+def test_get_recursive_returns_a_flat_dict(etcd_client, etcd_prefix) -> None:
+    base = f"{etcd_prefix}/dir"
+    etcd_client.set(f"{base}/a", "1")
+    etcd_client.set(f"{base}/b/c", "2")
+    assert etcd_client.get_recursive(base + "/") == {f"{base}/a": "1", f"{base}/b/c": "2"}
+
+
+def test_get_recursive_does_not_include_a_sibling_directory(etcd_client, etcd_prefix) -> None:
+    # Like list(): "under dir" means under "dir/", so "dirx/..." is not included.
+    base = f"{etcd_prefix}/dir"
+    etcd_client.set(f"{base}/a", "1")
+    etcd_client.set(f"{base}x/other", "2")
+    assert etcd_client.get_recursive(base) == {f"{base}/a": "1"}
+
+
+# -- classic calls: watch ------------------------------------------------------------------
+
+
+def test_watch_returns_the_next_put_from_another_thread(etcd_client, etcd_prefix) -> None:
+    key = f"{etcd_prefix}/k"
+    etcd_client.set(key, "before")
+    writer = later(0.5, lambda: etcd_client.put(key, "after"))
+    event = etcd_client.watch(key, timeout=10)
+    writer.join()
+    assert event is not None
+    assert (event.type, event.key, event.value, event.prev_value) == (
+        "PUT", key, "after", "before",
+    )
+
+
+def test_watch_returns_none_after_the_timeout(etcd_client, etcd_prefix) -> None:
+    started = time.monotonic()
+    assert etcd_client.watch(f"{etcd_prefix}/quiet", timeout=0.5) is None
+    assert 0.4 < time.monotonic() - started < 3
+
+
+# -- construction ----------------------------------------------------------------------------
+
+
+def test_client_reads_etcdctl_endpoints(monkeypatch) -> None:
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", "http://10.0.0.1:2379,10.0.0.2:2379")
+    assert EtcdClient().endpoints == ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+
+
+def test_client_defaults_to_localhost_2379(monkeypatch) -> None:
+    monkeypatch.delenv("ETCDCTL_ENDPOINTS", raising=False)
+    assert EtcdClient().endpoints == ["http://127.0.0.1:2379"]
+
+
+def test_repr_does_not_show_the_password() -> None:
+    client = EtcdClient("http://127.0.0.1:2379", username="alice", password="s3cr3t-pw")
+    assert "s3cr3t-pw" not in repr(client)
+    assert "127.0.0.1:2379" in repr(client)
+
+
+def test_client_is_a_context_manager(etcd_endpoint, etcd_prefix) -> None:
+    with EtcdClient(etcd_endpoint) as client:
+        client.put(f"{etcd_prefix}/k", "v")
+        assert client.get(f"{etcd_prefix}/k").value == "v"
+    with pytest.raises(RuntimeError), EtcdClient(etcd_endpoint):
+        raise RuntimeError("not swallowed")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_endpoint_raises_connection_error_within_the_timeout() -> None:
+    started = time.monotonic()
+    with EtcdClient(f"http://127.0.0.1:{closed_port()}", timeout=0.5) as client, \
+            pytest.raises(EtcdConnectionError) as info:
+        client.range("k")
+    assert isinstance(info.value, ConnectionError)
+    assert time.monotonic() - started < 3
