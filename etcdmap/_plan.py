@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .ops import Delete, Put, prefix_end, subtract_points
+from .records import KeyValue
 
-__all__ = ["WritePlan", "parse_key"]
+__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "parse_key", "plan_ops"]
 
 
 def parse_key(key: object, sep: str, *, write: bool) -> bytes:
@@ -107,3 +108,44 @@ def plan_ops(floor: bytes, sep: bytes, encode: Callable[[Any], bytes],
     for key, value in items:
         plan.assign(key, value)
     return plan.ops(lease)
+
+
+def add_to_tree(tree: dict[str, Any], kvs: Iterable[KeyValue], base_len: int, sep: str,
+                decode: Callable[[bytes], Any]) -> None:
+    """Add key-values (in key order) to a nested dict; a leaf wins over a subtree."""
+    for kv in kvs:
+        parts = kv.key[base_len:].decode("utf-8", "surrogateescape").split(sep)
+        if "" in parts:
+            continue  # an empty segment: not addressable
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                break  # a leaf already stands at this name
+            node = child
+        else:
+            if parts[-1] not in node:  # a leaf always sorts before its subtree
+                node[parts[-1]] = decode(kv.value)
+
+
+def chunk_ops(ops: list[Put | Delete], max_ops: int,
+              max_bytes: int) -> list[list[Put | Delete]]:
+    """Consecutive groups within the server's op count and request size limits.
+
+    What fits ``max_ops`` stays one transaction whatever its size: etcd then
+    accepts or refuses it whole.
+    """
+    if len(ops) <= max_ops:
+        return [ops]
+    chunks: list[list[Put | Delete]] = [[]]
+    size = 0
+    for op in ops:
+        # The limit counts the protobuf request: raw bytes plus a little framing.
+        tail = op.value if isinstance(op, Put) else (op.range_end or b"")
+        weight = 16 + len(op.key) + len(tail)
+        if len(chunks[-1]) >= max_ops or (chunks[-1] and size + weight > max_bytes):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(op)
+        size += weight
+    return chunks

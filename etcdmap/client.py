@@ -12,13 +12,13 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import requests
 
+from ._classic import ClassicMixin, like
 from ._transport import Transport
-from .errors import EtcdCompareFailed, EtcdError, EtcdKeyError, EtcdProtocolError
+from .errors import EtcdError, EtcdProtocolError
 from .lease import Lease
 from .ops import (
     ALL_KEYS,
@@ -47,16 +47,12 @@ from .parse import (
 )
 from .records import (
     DeleteRangeResponse,
-    DeleteResult,
-    Event,
-    GetResult,
     KeyValue,
     LeaseGrant,
     LeaseInfo,
     Member,
     PutResponse,
     RangeResponse,
-    SetResult,
     Status,
     TxnResponse,
 )
@@ -76,11 +72,6 @@ def _ignore(body: Mapping[str, Any]) -> None:
     """For replies that carry nothing but a header."""
 
 
-def _like(template: str | bytes, data: bytes) -> Any:
-    """``data`` as ``str`` when ``template`` is a ``str``."""
-    return data.decode("utf-8", "surrogateescape") if isinstance(template, str) else data
-
-
 def _env_credentials(username: str | None, password: str | None) -> tuple[str, str] | None:
     if username is None:
         user = os.environ.get("ETCDCTL_USER")
@@ -92,7 +83,7 @@ def _env_credentials(username: str | None, password: str | None) -> tuple[str, s
     return (username, password or "")
 
 
-class EtcdClient:
+class EtcdClient(ClassicMixin):
     """A client for one etcd cluster, over its v3 JSON gateway.
 
     ``endpoints`` is a URL, a comma-separated string or a list of URLs; unset it
@@ -368,70 +359,6 @@ class EtcdClient:
             self._transport.set_endpoints(urls)
         return self.endpoints
 
-    # -- the classic etcd-py calls -----------------------------------------------
-
-    def set(self, key: K, value: K, ttl: int | None = None) -> SetResult[K]:
-        """Store ``value`` at ``key``, expiring after ``ttl`` seconds when given."""
-        lease = self.lease_grant(ttl) if ttl is not None else None
-        resp = self.put(key, value, lease=lease.id if lease else 0, prev_kv=True)
-        expiration = (datetime.now(timezone.utc) + timedelta(seconds=lease.ttl)) if lease else None
-        prev = resp.prev_kv
-        return SetResult(key=key, value=value, revision=resp.revision,
-                         prev_value=_like(key, prev.value) if prev else None,
-                         new_key=prev is None, expiration=expiration)
-
-    def get(self, key: K) -> GetResult[K]:
-        """The value at ``key``; :class:`EtcdKeyError` when absent."""
-        resp = self.range(key)
-        if not resp.kvs:
-            raise EtcdKeyError(key)
-        kv = resp.kvs[0]
-        return GetResult(key=key, value=_like(key, kv.value), revision=kv.mod_revision,
-                         version=kv.version, lease=kv.lease)
-
-    def delete(self, key: K) -> DeleteResult[K]:
-        """Delete ``key``; :class:`EtcdKeyError` when absent."""
-        resp = self.delete_range(key, prev_kv=True)
-        if not resp.deleted:
-            raise EtcdKeyError(key)
-        prev = resp.prev_kvs[0].value if resp.prev_kvs else b""
-        return DeleteResult(key=key, prev_value=_like(key, prev), revision=resp.revision)
-
-    def testandset(self, key: K, prev_value: K, value: K) -> SetResult[K]:
-        """Set ``key`` to ``value`` only if it holds ``prev_value`` (atomically).
-
-        Raises :class:`EtcdKeyError` when the key is absent and
-        :class:`EtcdCompareFailed` when it holds something else.
-        """
-        k = to_bytes(key)
-        resp = self.txn([Compare(k, "VALUE", "==", to_bytes(prev_value))],
-                        [Put(k, to_bytes(value))], [Range(k)])
-        if not resp.succeeded:
-            current = resp.responses[0]
-            assert isinstance(current, RangeResponse)
-            if not current.kvs:
-                raise EtcdKeyError(key)
-            raise EtcdCompareFailed(f"{key!r} does not hold the expected value")
-        return SetResult(key=key, value=value, prev_value=prev_value,
-                         revision=resp.revision, new_key=False)
-
-    test_and_set = testandset
-
-    def list(self, path: K) -> list[K]:
-        """The immediate children of ``path`` (full keys, each once, sorted)."""
-        base = to_bytes(path).rstrip(b"/") + b"/"
-        children: dict[bytes, None] = {}
-        for kv in self.range_iter(base, prefix=True, keys_only=True):
-            head, _, _ = kv.key[len(base):].partition(b"/")
-            children[base + head] = None
-        return [_like(path, child) for child in children]
-
-    def get_recursive(self, path: K) -> dict[K, K]:
-        """Every key under ``path`` (``path/...``) with its value, flat, at one revision."""
-        base = to_bytes(path).rstrip(b"/") + b"/"
-        return {_like(path, kv.key): _like(path, kv.value)
-                for kv in self.range_iter(base, prefix=True)}
-
     # -- watch ---------------------------------------------------------------------
 
     def watch_iter(self, key: K, *, prefix: bool = False, start_revision: int | None = None,
@@ -443,7 +370,7 @@ class EtcdClient:
         k, end = self._span(key, None, prefix)
 
         def conv(data: bytes) -> Any:
-            return _like(key, data)
+            return like(key, data)
 
         return self.watch_range(k, end, key_fn=conv, value_fn=conv,
                                 start_revision=start_revision, prev_kv=prev_kv,
@@ -461,13 +388,6 @@ class EtcdClient:
         return Watcher(self._transport, key, range_end, key_fn=key_fn, value_fn=value_fn,
                        accept=accept, start_revision=start_revision, prev_kv=prev_kv,
                        read_timeout=read_timeout)
-
-    def watch(self, key: K, timeout: float | None = None, *, prefix: bool = False,
-              start_revision: int | None = None) -> Event[K] | None:
-        """Block for the next change of ``key``; ``None`` after ``timeout`` seconds."""
-        with self.watch_iter(key, prefix=prefix, start_revision=start_revision,
-                             prev_kv=True) as watcher:
-            return watcher.next_event(timeout)
 
     def lease(self, ttl: int, *, keepalive: bool = True,
               on_expired: Callable[[Lease], None] | None = None) -> Lease:

@@ -98,13 +98,19 @@ class EtcdCompareFailed(EtcdError):
 class EtcdPartialWrite(EtcdError):
     """A write too large for one transaction stopped after some chunks.
 
-    ``written`` holds the keys that were committed, ``unwritten`` the rest.
+    ``written`` holds the keys that were committed and ``unwritten`` those that
+    were not; ``uncertain`` those of a chunk whose outcome is unknown (it failed
+    with :class:`EtcdIndeterminateWrite`); ``deleted`` the keys and ranges
+    (``"a/b/*"``) that committed chunks removed to make room.
     """
 
-    def __init__(self, message: str, *, written: Sequence[str], unwritten: Sequence[str]):
+    def __init__(self, message: str, *, written: Sequence[str], unwritten: Sequence[str],
+                 uncertain: Sequence[str] = (), deleted: Sequence[str] = ()):
         super().__init__(message)
         self.written = list(written)
         self.unwritten = list(unwritten)
+        self.uncertain = list(uncertain)
+        self.deleted = list(deleted)
 
 
 class EtcdLeaseExpired(EtcdError):

@@ -13,8 +13,10 @@ a nested dict:
 * Keys with an empty path segment (``a//b``, written by other tools) cannot be
   addressed and are skipped by iteration, ``len`` and ``to_dict``.
 
-Every method is one round trip (one range, one delete or one transaction)
-except scans of large subtrees, which page at one pinned revision.
+Every method is one round trip (one range, one delete or one transaction),
+except: scans of large subtrees, which page at one pinned revision; ``popitem``
+(find a key, then pop it atomically); and ``list(m)``, for which Python calls
+``len`` before iterating.  Keys with an empty path segment cost extra reads.
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._live import LiveMixin
-from ._plan import parse_key, plan_ops
+from ._plan import add_to_tree, chunk_ops, parse_key, plan_ops
 from .client import EtcdClient
 from .codecs import Codec, get_codec
-from .errors import EtcdKeyError, EtcdPartialWrite
+from .errors import (
+    EtcdError,
+    EtcdIndeterminateWrite,
+    EtcdKeyError,
+    EtcdPartialWrite,
+    EtcdRequestTooLarge,
+    EtcdUnavailable,
+)
 from .ops import ALL_KEYS, Compare, Delete, Op, Put, Range, prefix_end
 from .records import DeleteRangeResponse, KeyValue, RangeResponse
 from .views import EtcdItemsView, EtcdValuesView
@@ -39,7 +48,8 @@ __all__ = ["EtcdMapping"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
-_CHUNK_BYTES = 1 << 20  # stay well under etcd's 1.5 MiB request limit
+_CHUNK_BYTES = 1_400_000  # etcd's default --max-request-bytes is 1.5 MiB
+_CAS_RETRIES = 8
 
 
 def _plain(value: Any) -> Any:
@@ -102,6 +112,20 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
     def _span(self) -> tuple[bytes, bytes]:
         return (self._base or ALL_KEYS), prefix_end(self._base)
 
+    def _probe(self, full: bytes) -> Range:
+        """A range that finds the first key of the subtree at ``full``."""
+        return Range(*self._dir_span(full), limit=1, keys_only=True)
+
+    def _has_subtree(self, full: bytes, probe: RangeResponse) -> bool:
+        """Whether the subtree at ``full`` holds an addressable key, given its probe."""
+        if not probe.kvs:
+            return False
+        rel = probe.kvs[0].key[len(full) + len(self._bsep):]
+        if rel and b"" not in rel.split(self._bsep):
+            return True
+        # Rare: keys with empty segments, written by other tools. Look further.
+        return next(self._derive(full + self._bsep)._scan(keys_only=True), None) is not None
+
     def _dir_span(self, full: bytes) -> tuple[bytes, bytes]:
         sub = full + self._bsep
         return sub, prefix_end(sub)
@@ -123,18 +147,14 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
 
     # -- reads -----------------------------------------------------------------------
 
-    def _lookup(self, full: bytes, *, count_only: bool = False) -> tuple[KeyValue | None, bool]:
+    def _lookup(self, full: bytes, *, keys_only: bool = False) -> tuple[KeyValue | None, bool]:
         # One txn reads both the leaf and whether a subtree exists.
-        sub, end = self._dir_span(full)
-        resp = self._client.txn(success=[
-            Range(full, count_only=count_only),
-            Range(sub, end, limit=1, keys_only=True, count_only=count_only),
-        ])
+        resp = self._client.txn(success=[Range(full, keys_only=keys_only), self._probe(full)])
         leaf, tree = resp.responses
         assert isinstance(leaf, RangeResponse) and isinstance(tree, RangeResponse)
-        if count_only:
-            return (KeyValue(full) if leaf.count else None), bool(tree.count)
-        return (leaf.kvs[0] if leaf.kvs else None), bool(tree.kvs)
+        if leaf.kvs:
+            return leaf.kvs[0], False  # a leaf wins: no need to look at the subtree
+        return None, self._has_subtree(full, tree)
 
     def __getitem__(self, key: str) -> Any:
         full = self._base + parse_key(key, self._sep, write=False)
@@ -160,7 +180,7 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
             full = self._base + parse_key(key, self._sep, write=False)
         except KeyError:
             return False
-        kv, is_dir = self._lookup(full, count_only=True)
+        kv, is_dir = self._lookup(full, keys_only=True)
         return kv is not None or is_dir
 
     def submapping(self, key: str) -> EtcdMapping:
@@ -232,24 +252,36 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
     def _tree_at(self) -> tuple[dict[str, Any], int]:
         start, end = self._span()
         out: dict[str, Any] = {}
-        blen, sep, decode = len(self._base), self._sep, self._codec.decode
         revision = 0
         for page in self._client.pages(start, end, page_size=self._page_size):
             revision = page.revision
-            for kv in page.kvs:
-                parts = kv.key[blen:].decode("utf-8", "surrogateescape").split(sep)
-                if "" in parts:
-                    continue
-                node = out
-                for part in parts[:-1]:
-                    child = node.setdefault(part, {})
-                    if not isinstance(child, dict):
-                        break  # a leaf wins over a subtree at the same name
-                    node = child
-                else:
-                    if parts[-1] not in node:  # a leaf always sorts before its subtree
-                        node[parts[-1]] = decode(kv.value)
+            add_to_tree(out, page.kvs, len(self._base), self._sep, self._codec.decode)
         return out, revision
+
+    def getitems(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The present ones of ``keys`` with their values, in as few transactions as fit."""
+        wanted = []
+        for key in keys:
+            try:
+                wanted.append((key, self._base + parse_key(key, self._sep, write=False)))
+            except KeyError:
+                continue  # a malformed key is absent
+        out: dict[str, Any] = {}
+        step = max(self._client.max_txn_ops // 2, 1)  # two ranges per key
+        for i in range(0, len(wanted), step):
+            chunk = wanted[i:i + step]
+            ops: list[Op] = []
+            for _, full in chunk:
+                ops += [Range(full), self._probe(full)]
+            resp = self._client.txn(success=ops)
+            for n, (key, full) in enumerate(chunk):
+                leaf, tree = resp.responses[2 * n], resp.responses[2 * n + 1]
+                assert isinstance(leaf, RangeResponse) and isinstance(tree, RangeResponse)
+                if leaf.kvs:
+                    out[key] = self._codec.decode(leaf.kvs[0].value)
+                elif self._has_subtree(full, tree):
+                    out[key] = self._derive(full + self._bsep)
+        return out
 
     # Mapping.__eq__ would read key by key; one consistent read instead.
     def __eq__(self, other: object) -> bool:
@@ -264,6 +296,11 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
             return NotImplemented
         return {**self.to_dict(), **_plain(other)}
 
+    def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return {**_plain(other), **self.to_dict()}
+
     def __ior__(self, other: Any) -> EtcdMapping:  # type: ignore[misc]
         self.update(other)
         return self
@@ -274,40 +311,43 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
                 compare: list[Compare] | None = None,
                 failure: list[Op] | None = None) -> TxnResponse:
         ops = plan_ops(self._floor, self._bsep, self._codec.encode, items)
-        chunks = self._chunks(ops)
-        if compare is not None or len(chunks) == 1:
+        chunks = chunk_ops(ops, self._client.max_txn_ops, _CHUNK_BYTES)
+        if len(chunks) == 1:
             return self._txn(compare or [], chunks[0], failure or [])
+        if compare is not None:
+            # A conditional write cannot be split: refuse before writing anything.
+            raise EtcdRequestTooLarge(
+                f"a conditional write of {len(ops)} ops does not fit in one transaction "
+                f"(max_txn_ops={self._client.max_txn_ops})")
         return self._commit_chunks(chunks)
 
-    def _chunks(self, ops: list[Put | Delete]) -> list[list[Put | Delete]]:
-        limit = self._client.max_txn_ops
-        chunks: list[list[Put | Delete]] = [[]]
-        size = 0
-        for op in ops:
-            weight = 64 + 2 * len(op.key) + 2 * len(getattr(op, "value", b""))
-            if len(chunks[-1]) >= limit or (chunks[-1] and size + weight > _CHUNK_BYTES):
-                chunks.append([])
-                size = 0
-            chunks[-1].append(op)
-            size += weight
-        return chunks
-
     def _commit_chunks(self, chunks: list[list[Put | Delete]]) -> TxnResponse:
-        """Ordered transactions; on failure, say exactly which keys were written."""
-        def names(ops: list[Put | Delete]) -> list[str]:
-            return [op.key.decode("utf-8", "surrogateescape") for op in ops]
+        """Ordered transactions; on failure, say exactly what was written."""
+        def text(key: bytes) -> str:
+            return key.decode("utf-8", "surrogateescape")
 
-        done: list[str] = []
+        def puts(ops: list[Put | Delete]) -> list[str]:
+            return [text(op.key) for op in ops if isinstance(op, Put)]
+
+        def deletes(ops: list[Put | Delete]) -> list[str]:
+            return [text(op.key) + ("*" if op.range_end else "")
+                    for op in ops if isinstance(op, Delete)]
+
+        written: list[str] = []
+        deleted: list[str] = []
         resp = None
         for i, chunk in enumerate(chunks):
             try:
                 resp = self._txn([], chunk, [])
-            except Exception as exc:
-                rest = [n for c in chunks[i:] for n in names(c)]
+            except EtcdError as exc:
+                unknown = isinstance(exc, EtcdIndeterminateWrite)
                 raise EtcdPartialWrite(
-                    f"write stopped after {i} of {len(chunks)} transactions: {exc}",
-                    written=done, unwritten=rest) from exc
-            done.extend(names(chunk))
+                    f"write stopped at transaction {i + 1} of {len(chunks)}: {exc}",
+                    written=written, deleted=deleted,
+                    uncertain=puts(chunk) if unknown else [],
+                    unwritten=[n for c in chunks[i + unknown:] for n in puts(c)]) from exc
+            written += puts(chunk)
+            deleted += deletes(chunk)
         assert resp is not None
         return resp
 
@@ -342,21 +382,12 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         if leaf.prev_kvs:
             return self._codec.decode(leaf.prev_kvs[0].value)
         if tree.prev_kvs:
-            return self._tree(full + self._bsep, tree.prev_kvs)
+            out: dict[str, Any] = {}
+            add_to_tree(out, tree.prev_kvs, len(full + self._bsep), self._sep, self._codec.decode)
+            return out
         if default is _MISSING:
             raise EtcdKeyError(key)
         return default
-
-    def _tree(self, base: bytes, kvs: Iterable[KeyValue]) -> dict[str, Any]:
-        sub = self._derive(base)
-        out: dict[str, Any] = {}
-        for kv in kvs:
-            parts = kv.key[len(base):].decode("utf-8", "surrogateescape").split(self._sep)
-            node = out
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = sub._codec.decode(kv.value)
-        return out
 
     # MutableMapping.popitem is iter-then-pop; ours retries if another client won the race.
     def popitem(self) -> tuple[str, Any]:
@@ -374,18 +405,23 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         """``self[key]`` if present, else store ``default`` atomically and return it."""
         full = self._base + parse_key(key, self._sep, write=True)
         sub, end = self._dir_span(full)
-        resp = self._commit(
-            [(full, default)],
-            compare=[Compare(full, "VERSION", "==", 0), Compare(sub, "VERSION", "==", 0, end)],
-            failure=[Range(full), Range(sub, end, limit=1, keys_only=True)],
-        )
-        if resp.succeeded:
-            return self._derive(sub) if isinstance(default, Mapping) else default
-        leaf = resp.responses[0]
-        assert isinstance(leaf, RangeResponse)
-        if leaf.kvs:
-            return self._codec.decode(leaf.kvs[0].value)
-        return self._derive(sub)
+        # First try "nothing at all under this name"; if only unaddressable keys
+        # are there, retry with "the subtree has not changed since we checked".
+        subtree_guard = Compare(sub, "VERSION", "==", 0, end)
+        for _ in range(_CAS_RETRIES):
+            resp = self._commit([(full, default)],
+                                compare=[Compare(full, "VERSION", "==", 0), subtree_guard],
+                                failure=[Range(full), self._probe(full)])
+            if resp.succeeded:
+                return self._derive(sub) if isinstance(default, Mapping) else default
+            leaf, tree = resp.responses
+            assert isinstance(leaf, RangeResponse) and isinstance(tree, RangeResponse)
+            if leaf.kvs:
+                return self._codec.decode(leaf.kvs[0].value)
+            if self._has_subtree(full, tree):
+                return self._derive(sub)
+            subtree_guard = Compare(sub, "MOD", "<", resp.revision + 1, end)
+        raise EtcdUnavailable(f"setdefault({key!r}) kept losing races; try again")
 
     def replace(self, key: str, expected: Any, new: Any) -> bool:
         """Set ``key`` to ``new`` only if it holds ``expected``; whether it did."""
