@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._plan import parse_key
-from .errors import EtcdKeyError, EtcdLeaseExpired, EtcdLeaseNotFound
+from .errors import EtcdCodecError, EtcdError, EtcdKeyError, EtcdLeaseExpired, EtcdLeaseNotFound
 from .lease import Lease
 from .ops import Op, Put
 from .watch import Watcher
@@ -58,12 +58,18 @@ class LiveMixin:
         :class:`~etcdmap.errors.EtcdLeaseExpired` and ``on_expired`` is called.
         """
         lease = self._client.lease(ttl, keepalive=keepalive, on_expired=on_expired)
+        view = self._derive(self._base)
+        view._ttl, view._lease_obj = 0, lease
         try:
-            view = self._derive(self._base)
-            view._ttl, view._lease_obj = 0, lease
             yield view
-        finally:
-            lease.revoke()
+        except BaseException:
+            # Revoke, but never let a failed revoke hide the block's own error.
+            try:
+                lease.revoke()
+            except EtcdError:
+                lease.close()
+            raise
+        lease.revoke()
 
     @property
     def current_lease(self) -> Lease | None:
@@ -132,7 +138,11 @@ class LiveMixin:
             return k[blen:].decode("utf-8", "surrogateescape")
 
         def value_fn(v: bytes) -> Any:
-            return self._codec.decode(v)
+            # An undecodable value must not kill the watch: it arrives as bytes.
+            try:
+                return self._codec.decode(v)
+            except EtcdCodecError:
+                return v
 
         return self._client.watch_range(start, end, key_fn=key_fn, value_fn=value_fn,
                                         accept=accept, start_revision=start_revision,

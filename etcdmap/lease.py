@@ -43,6 +43,7 @@ class Lease:
         self._on_expired = on_expired
         self._expires = time.monotonic() + grant.ttl  # last known expiry
         self._expired = threading.Event()
+        self._expiry_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if keepalive:
@@ -96,9 +97,10 @@ class Lease:
                 interval = max(min(interval / 2, self._expires - time.monotonic()) / 2, 0.1)
 
     def _mark_expired(self, why: str) -> None:
-        if self._expired.is_set():
-            return
-        self._expired.set()
+        with self._expiry_lock:  # the keepalive thread and a writer may race here
+            if self._expired.is_set():
+                return
+            self._expired.set()
         log.warning("lease %x expired: %s", self.id, why)
         if self._on_expired is not None:
             try:

@@ -131,7 +131,9 @@ def parse_keepalive(body: Mapping[str, Any]) -> int:
 
 def parse_time_to_live(body: Mapping[str, Any]) -> LeaseInfo:
     """A lease's remaining TTL (-1 when gone) and keys."""
-    return LeaseInfo(id=as_int(body.get("ID")), ttl=as_int(body.get("TTL"), -1),
+    # A live lease in its last second omits TTL (zero); a gone one says -1.
+    ttl = as_int(body.get("TTL"), 0 if "grantedTTL" in body else -1)
+    return LeaseInfo(id=as_int(body.get("ID")), ttl=ttl,
                      granted_ttl=as_int(body.get("grantedTTL")),
                      keys=tuple(unb64(k) for k in body.get("keys") or ()))
 

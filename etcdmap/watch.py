@@ -34,6 +34,7 @@ from .errors import (
     EtcdTimeout,
     EtcdUnavailable,
     EtcdWatchError,
+    error_from_body,
 )
 from .ops import as_int, b64, unb64
 from .parse import header_revision, parse_kv
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["JSONStreamDecoder", "Watcher"]
 
 log = logging.getLogger(__name__)
+_HEADER_WAIT = 1.0  # seconds a (re)connect waits for headers before trying again
 K = TypeVar("K", str, bytes)
 _Item = list[Event[Any]] | BaseException
 
@@ -97,17 +99,23 @@ class JSONStreamDecoder:
         return out
 
 
-def _shutdown(resp: requests.Response) -> None:
-    """Wake a thread blocked reading ``resp`` by shutting its socket down."""
-    raw = resp.raw
+def _socket_of(resp: requests.Response) -> socket.socket | None:
+    """The socket under a streaming response (urllib3 1.26 and 2.x)."""
     for path in (("_connection", "sock"), ("_fp", "fp", "raw", "_sock")):
-        obj: Any = raw
+        obj: Any = resp.raw
         for attr in path:
             obj = getattr(obj, attr, None)
         if isinstance(obj, socket.socket):
-            with contextlib.suppress(OSError):
-                obj.shutdown(socket.SHUT_RDWR)
-            return
+            return obj
+    return None
+
+
+def _shutdown(resp: requests.Response) -> None:
+    """Wake a thread blocked reading ``resp`` by shutting its socket down."""
+    sock = _socket_of(resp)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Watcher(Generic[K]):
@@ -139,6 +147,7 @@ class Watcher(Generic[K]):
         self._closed = threading.Event()
         self._created = threading.Event()
         self._resp: requests.Response | None = None
+        self._established = False
         self._thread = threading.Thread(target=self._run, name="etcdmap-watch", daemon=True)
         self._thread.start()
         if start_revision is None:
@@ -162,7 +171,15 @@ class Watcher(Generic[K]):
     # -- consumer side -----------------------------------------------------------
 
     def __iter__(self) -> Iterator[Event[K]]:
-        return self
+        # A generator, so that leaving a for loop (break, exception) closes the stream.
+        try:
+            while True:
+                event = self.next_event(None)
+                if event is None:
+                    return
+                yield event
+        finally:
+            self.close()
 
     def __next__(self) -> Event[K]:
         event = self.next_event(None)
@@ -229,29 +246,35 @@ class Watcher(Generic[K]):
         failures = 0
         while not self._closed.is_set():
             endpoint = self._transport.endpoint
+            self._established = False
             try:
                 self._stream_once(endpoint)
-                failures = 0
-            except (EtcdConnectionError, EtcdUnavailable, EtcdProtocolError,
-                    requests.RequestException, OSError) as exc:
-                if self._closed.is_set():
-                    break
-                failures += 1
-                log.warning("watch on %s interrupted (%s); resuming after revision %s",
-                            endpoint, type(exc).__name__, self._resume)
-                self._transport.fail_over(endpoint, failures)
             except EtcdAuthError as exc:
                 failures += 1
                 if failures > 2:
                     self._put(exc)
                     return
                 self._transport.reauthenticate()
-            except EtcdError as exc:
+            except (EtcdConnectionError, EtcdUnavailable, EtcdProtocolError) as exc:
+                failures = self._interrupted(endpoint, exc, failures)
+            except EtcdError as exc:  # permission, compaction ...: the consumer must know
                 self._put(exc)
                 return
+            except (requests.RequestException, OSError) as exc:
+                failures = self._interrupted(endpoint, exc, failures)
             except BaseException as exc:  # never die silently
                 self._put(EtcdWatchError(f"watch failed: {exc!r}"))
                 return
+
+    def _interrupted(self, endpoint: str, exc: BaseException, failures: int) -> int:
+        if self._closed.is_set():
+            return failures
+        # A stream that was established and then broke starts the backoff afresh.
+        failures = 1 if self._established else failures + 1
+        log.warning("watch on %s interrupted (%s); resuming after revision %s",
+                    endpoint, type(exc).__name__, self._resume)
+        self._transport.fail_over(endpoint, failures)
+        return failures
 
     def _stream_once(self, endpoint: str) -> None:
         create: dict[str, Any] = {"key": b64(self._key)}
@@ -263,12 +286,18 @@ class Watcher(Generic[K]):
             create["prev_kv"] = True
         # Servers configured with a progress interval then advance our resume point.
         create["progress_notify"] = True
+        # Wait for the headers in short slices, so close() is never stuck behind
+        # a frozen server; then the stream's own read timeout is the heartbeat.
         resp = self._transport.stream("/v3/watch", {"create_request": create},
-                                      read_timeout=self._read_timeout, endpoint=endpoint)
+                                      read_timeout=min(self._read_timeout, _HEADER_WAIT),
+                                      endpoint=endpoint)
         self._resp = resp
         try:
             if self._closed.is_set():
                 return
+            sock = _socket_of(resp)
+            if sock is not None:
+                sock.settimeout(self._read_timeout)
             decoder = JSONStreamDecoder()
             for chunk in resp.iter_content(chunk_size=None):
                 for message in decoder.feed(chunk):
@@ -292,7 +321,9 @@ class Watcher(Generic[K]):
             text = str(err.get("message", "watch stream error"))
             if code in (14, 2, 4, 1, None):  # unavailable, EOF, deadline: reconnect
                 raise EtcdUnavailable(text, code=code)
-            raise EtcdWatchError(text)
+            status = err.get("http_code")
+            raise error_from_body(status if isinstance(status, int) else 500,
+                                  {"code": code, "message": text})
         result = message.get("result")
         if not isinstance(result, dict):
             raise EtcdProtocolError("watch message without result")
@@ -300,6 +331,7 @@ class Watcher(Generic[K]):
             raise self._cancel_error(result)
         revision = header_revision(result)
         if result.get("created"):
+            self._established = True
             if self._resume is None:
                 self._resume = revision  # "from now": events after this revision
             self._created.set()
