@@ -63,6 +63,7 @@ __all__ = ["EtcdClient"]
 K = TypeVar("K", str, bytes)
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 16000
 SYNC_INTERVAL = 5.0
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -242,13 +243,19 @@ class EtcdClient(ClassicMixin):
               page_size: int = PAGE_SIZE) -> Generator[RangeResponse, bytes | None, None]:
         """Pages of ``[key, range_end)`` at one revision; each page's ``revision`` is it.
 
-        Send a new start key into the generator to skip ahead.
+        Send a new start key into the generator to skip ahead.  Pages start at
+        ``page_size`` keys and double up to ``MAX_PAGE_SIZE`` (or ``page_size``
+        if larger): etcd counts the rest of the range for every page, so few
+        large pages are much faster than many small ones, and memory stays
+        bounded by one page whatever the size of the range.
         """
         if page_size <= 0:
             raise ValueError("page_size must be positive")
+        limit, ceiling = page_size, max(page_size, MAX_PAGE_SIZE)
         while True:
-            page = self.range(key, range_end, limit=page_size, revision=revision,
+            page = self.range(key, range_end, limit=limit, revision=revision,
                               keys_only=keys_only)
+            limit = min(limit * 2, ceiling)
             revision = revision or page.revision
             page = RangeResponse(page.kvs, page.count, page.more, revision)
             skip_to = yield page

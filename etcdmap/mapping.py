@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._live import LiveMixin
 from ._plan import add_to_tree, chunk_ops, parse_key, plan_ops
-from .client import EtcdClient
+from .client import MAX_PAGE_SIZE, EtcdClient
 from .codecs import Codec, get_codec
 from .errors import (
     EtcdError,
@@ -319,7 +319,28 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
             raise EtcdRequestTooLarge(
                 f"a conditional write of {len(ops)} ops does not fit in one transaction "
                 f"(max_txn_ops={self._client.max_txn_ops})")
-        return self._commit_chunks(chunks)
+        # Not atomic anyway: one keys-only read spares the deletes that match nothing.
+        ops = self._pruned(ops)
+        return self._commit_chunks(chunk_ops(ops, self._client.max_txn_ops, _CHUNK_BYTES))
+
+    def _pruned(self, ops: list[Put | Delete]) -> list[Put | Delete]:
+        """``ops`` without the deletes whose range holds no key now."""
+        deletes = [op for op in ops if isinstance(op, Delete)]  # sorted, disjoint
+        if not deletes:
+            return ops
+        ends = [d.range_end or d.key + b"\0" for d in deletes]
+        used: set[int] = set()
+        i = 0
+        for kv in self._client.range_iter(deletes[0].key, ends[-1], keys_only=True,
+                                          page_size=MAX_PAGE_SIZE):
+            while i < len(deletes) and ends[i] != ALL_KEYS and ends[i] <= kv.key:
+                i += 1
+            if i == len(deletes):
+                break
+            if deletes[i].key <= kv.key:
+                used.add(i)
+        keep = {deletes[i] for i in used}
+        return [op for op in ops if not isinstance(op, Delete) or op in keep]
 
     def _commit_chunks(self, chunks: list[list[Put | Delete]]) -> TxnResponse:
         """Ordered transactions; on failure, say exactly what was written."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -87,10 +88,16 @@ def prefix_end(prefix: bytes) -> bytes:
     return end[:-1] + bytes([end[-1] + 1])
 
 
+_ALLOWED: dict[object, frozenset[str]] = {}
+
+
 def _check(value: str, allowed: object, what: str) -> None:
     # Enums are validated here: an out-of-range sort_target crashes etcd 3.4/3.5.
-    if value not in get_args(allowed):
-        raise ValueError(f"invalid {what} {value!r}; expected one of {get_args(allowed)}")
+    names = _ALLOWED.get(allowed)
+    if names is None:
+        names = _ALLOWED[allowed] = frozenset(get_args(allowed))
+    if value not in names:
+        raise ValueError(f"invalid {what} {value!r}; expected one of {sorted(names)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +260,10 @@ def subtract_points(
     cut = sorted(set(points))
     out: list[tuple[bytes, bytes]] = []
     for start, end in merged:
-        for p in cut:
-            if p < start or (end is not None and p >= end):
-                continue
+        # Only the points inside this range, found by bisection: O((n + m) log m).
+        lo = bisect.bisect_left(cut, start)
+        hi = len(cut) if end is None else bisect.bisect_left(cut, end, lo)
+        for p in cut[lo:hi]:
             if start < p:
                 out.append((start, p))
             start = p + b"\0"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 __all__ = [
     "DeleteRangeResponse",
@@ -31,9 +31,8 @@ K = TypeVar("K", str, bytes)
 EventType = Literal["PUT", "DELETE"]
 
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """One key as stored by etcd."""
+class KeyValue(NamedTuple):
+    """One key as stored by etcd (a named tuple: scans build many of them)."""
 
     key: bytes
     value: bytes = b""

@@ -134,7 +134,15 @@ def test_pages_are_read_at_the_first_pages_revision(etcd_client, etcd_prefix) ->
     seen = [kv for page in [first, *rest] for kv in page.kvs]
     assert [kv.value for kv in seen] == [b"1", b"2", b"3", b"4", b"5"]
     assert {page.revision for page in rest} == {first.revision}
-    assert [len(page.kvs) for page in [first, *rest]] == [2, 2, 1]
+    # Pages double from page_size (2, then 4): the 3 keys left fit the second page.
+    assert [len(page.kvs) for page in [first, *rest]] == [2, 3]
+
+
+def test_pages_grow_from_page_size_up_to_the_ceiling(etcd_client, etcd_prefix) -> None:
+    etcd_client.txn(success=[Put(f"{etcd_prefix}/{i:03}".encode(), b"v") for i in range(100)])
+    start = f"{etcd_prefix}/".encode()
+    sizes = [len(p.kvs) for p in etcd_client.pages(start, prefix_end(start), page_size=3)]
+    assert sizes == [3, 6, 12, 24, 48, 7]
 
 
 # -- put and delete_range ---------------------------------------------------------------
