@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -18,7 +19,7 @@ import requests
 
 from ._classic import ClassicMixin, like
 from ._transport import Transport
-from .errors import EtcdError, EtcdProtocolError
+from .errors import EtcdError, EtcdUnavailable
 from .lease import Lease
 from .ops import (
     ALL_KEYS,
@@ -73,6 +74,23 @@ def _ignore(body: Mapping[str, Any]) -> None:
     """For replies that carry nothing but a header."""
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Go duration such as ``"2s"``, ``"500ms"`` or ``"1m30s"`` (or plain seconds)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r} (expected e.g. 5s, 500ms or 1m30s)")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
 def _env_credentials(username: str | None, password: str | None) -> tuple[str, str] | None:
     if username is None:
         user = os.environ.get("ETCDCTL_USER")
@@ -120,13 +138,15 @@ class EtcdClient(ClassicMixin):
         if endpoints is None:
             endpoints = env.get("ETCDCTL_ENDPOINTS") or DEFAULT_ENDPOINT
         if timeout is None:
-            dial = env.get("ETCDCTL_DIAL_TIMEOUT", "").rstrip("s")
-            timeout = float(dial) if dial else 5.0
+            dial = env.get("ETCDCTL_DIAL_TIMEOUT")
+            timeout = go_duration(dial) if dial else 5.0
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         ca_cert = ca_cert or env.get("ETCDCTL_CACERT")
-        cert = cert or ssl_cert or env.get("ETCDCTL_CERT")
-        key = key or ssl_key or env.get("ETCDCTL_KEY")
+        if cert or ssl_cert:  # an explicit certificate never pairs with the env's key
+            cert, key = cert or ssl_cert, key or ssl_key
+        else:
+            cert, key = env.get("ETCDCTL_CERT"), key or ssl_key or env.get("ETCDCTL_KEY")
         tls_cert: str | tuple[str, str] | None = (cert, key) if cert and key else cert
         tls_verify: bool | str = (ca_cert or True) if verify else False
         self.max_txn_ops = max_txn_ops
@@ -292,7 +312,7 @@ class EtcdClient(ClassicMixin):
         body: dict[str, Any] = {"revision": revision}
         if physical:
             body["physical"] = True
-        self._rpc("/v3/kv/compaction", body, _ignore, idempotent=True)
+        self._rpc("/v3/kv/compaction", body, _ignore, idempotent=False)
 
     @staticmethod
     def _span(key: str | bytes, range_end: str | bytes | None,
@@ -357,7 +377,7 @@ class EtcdClient(ClassicMixin):
         for m in members:
             if m.id == leader_id and m.client_urls:
                 return m.client_urls[0]
-        raise EtcdProtocolError("the cluster reports no leader")
+        raise EtcdUnavailable("the cluster has no leader right now")
 
     def sync_endpoints(self) -> list[str]:
         """Replace the endpoint list with the members' client URLs."""

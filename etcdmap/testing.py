@@ -262,9 +262,9 @@ class EtcdServer:
             cmd += ["--logger", "zap", "--log-level", "error"]
         if self.tls is not None:
             cmd += ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
-            cmd += ["--trusted-ca-file", self.tls.ca]
             if self.tls.client_cert_auth:
-                cmd.append("--client-cert-auth")
+                # etcd asks for client certificates whenever it has a trusted CA.
+                cmd += ["--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         return cmd + list(self.extra_args)
 
     def _spawn(self) -> None:
