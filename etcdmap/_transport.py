@@ -8,6 +8,7 @@ auth token fresh, and turns ``requests`` and gateway errors into
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import ssl
@@ -19,7 +20,6 @@ from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import Timeout
 
@@ -141,6 +141,14 @@ def _tls_hint(detail: str) -> str:
     return ""
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=32)
+def _unary_timeout(seconds: float) -> Timeout:
+    return Timeout(connect=seconds, read=seconds, total=seconds)
+
+
 def _decode(resp: requests.Response) -> Any:
     try:
         return json.loads(resp.content)
@@ -240,7 +248,7 @@ class Transport:
         authenticating = path == _AUTH_PATH
         if self._credentials is not None and self._token is None and not authenticating:
             self.ensure_token()
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = _encode(body).encode()
         per_try = timeout or self.timeout
         deadline = time.monotonic() + self.retry_deadline
         attempt = 0
@@ -303,20 +311,20 @@ class Transport:
               *, stream: bool = False, read_timeout: float | None = None) -> requests.Response:
         # Straight to the adapter: Session.request's merging and hooks cost
         # more than the round trip itself on loopback.
-        headers = CaseInsensitiveDict(_BASE_HEADERS)
+        headers = dict(_BASE_HEADERS)  # urllib3 takes any mapping; no case folding needed
+        headers["Content-Length"] = str(len(data))
         if token:
             headers["Authorization"] = token
         # A unary call gets ``timeout`` in all (connect + answer); a stream
         # waits up to ``read_timeout`` between two reads.
         limit = Timeout(connect=timeout, read=read_timeout) if stream \
-            else Timeout(connect=timeout, read=timeout, total=timeout)
+            else _unary_timeout(timeout)
         for _ in range(_MAX_REDIRECTS + 1):
             prep = requests.PreparedRequest()
             prep.method = "POST"
             prep.url = url
-            prep.headers = headers
+            prep.headers = cast(Any, headers)
             prep.body = data
-            prep.headers["Content-Length"] = str(len(data))
             prep.hooks = {"response": []}
             adapter = self.session.get_adapter(url)
             # requests accepts a urllib3 Timeout (its stubs only say float or tuple).
@@ -433,7 +441,7 @@ class Transport:
                endpoint: str | None = None) -> requests.Response:
         """Open a streaming POST (watch); the caller reads and closes it."""
         self.ensure_token()
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = _encode(body).encode()
         endpoint = endpoint or self.endpoint
         try:
             resp = self._send(endpoint + path, data, self._token, self.timeout, stream=True,

@@ -88,16 +88,15 @@ def prefix_end(prefix: bytes) -> bytes:
     return end[:-1] + bytes([end[-1] + 1])
 
 
-_ALLOWED: dict[object, frozenset[str]] = {}
+_SORT_ORDERS = frozenset(get_args(SortOrder))
+_SORT_TARGETS = frozenset(get_args(SortTarget))
+_COMPARE_TARGETS = frozenset(get_args(CompareTarget))
 
 
-def _check(value: str, allowed: object, what: str) -> None:
+def _check(value: str, allowed: frozenset[str], what: str) -> None:
     # Enums are validated here: an out-of-range sort_target crashes etcd 3.4/3.5.
-    names = _ALLOWED.get(allowed)
-    if names is None:
-        names = _ALLOWED[allowed] = frozenset(get_args(allowed))
-    if value not in names:
-        raise ValueError(f"invalid {what} {value!r}; expected one of {sorted(names)}")
+    if value not in allowed:
+        raise ValueError(f"invalid {what} {value!r}; expected one of {sorted(allowed)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +114,8 @@ class Range:
     sort_target: SortTarget = "KEY"
 
     def __post_init__(self) -> None:
-        _check(self.sort_order, SortOrder, "sort_order")
-        _check(self.sort_target, SortTarget, "sort_target")
+        _check(self.sort_order, _SORT_ORDERS, "sort_order")
+        _check(self.sort_target, _SORT_TARGETS, "sort_target")
         if self.limit < 0 or self.revision < 0:
             raise ValueError("limit and revision must not be negative")
 
@@ -190,7 +189,7 @@ class Compare:
     range_end: bytes | None = None
 
     def __post_init__(self) -> None:
-        _check(self.target, CompareTarget, "compare target")
+        _check(self.target, _COMPARE_TARGETS, "compare target")
         if self.result not in _RESULTS:
             raise ValueError(f"invalid compare result {self.result!r}")
         wants_bytes = self.target == "VALUE"
