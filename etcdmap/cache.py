@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
@@ -25,7 +26,7 @@ from .client import EtcdClient
 from .codecs import Codec
 from .errors import EtcdCodecError, EtcdCompacted, EtcdError, EtcdKeyError, EtcdTimeout
 from .mapping import EtcdMapping
-from .records import DeleteRangeResponse, Event, PutResponse, TxnResponse
+from .records import DeleteRangeResponse, Event, KeyValue, PutResponse, TxnResponse
 from .watch import Watcher
 
 __all__ = ["CachedMapping"]
@@ -131,17 +132,19 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
             dict.__setitem__(node, name, self._node(sub))
         else:
             dict.pop(node, name, None)
-            gone = st.nodes.pop(sub, None)
-            if gone is not None:
-                dict.clear(gone)
+            for prefix in [p for p in st.nodes if p.startswith(sub)]:
+                dict.clear(st.nodes.pop(prefix))
 
-    def _set_raw(self, key: bytes, value: bytes | None) -> None:
+    def _set_raw(self, key: bytes, value: bytes | None, refresh: bool = True) -> None:
         st, sep, root = self._state, self._bsep, self._state.root._base
         existed = key in st.store
         if value is None:
             st.store.pop(key, None)
         else:
             st.store[key] = value
+        rel = key[len(root):]
+        if not rel or b"" in rel.split(sep):
+            return
         if existed != (value is not None):
             step = 1 if value is not None else -1
             pos = key.find(sep, len(root))
@@ -151,24 +154,33 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
                 if not st.dirs[prefix]:
                     del st.dirs[prefix]
                 pos = key.find(sep, pos + len(sep))
-        self._refresh(key)
+        if refresh:
+            self._refresh(key)
 
-    def _load(self) -> None:
+    def _load(self) -> list[Event[Any]]:
         start, end = self._span()
         fresh: dict[bytes, bytes] = {}
         revision = 0
         for page in self._client.pages(start, end, page_size=self._page_size):
             revision = page.revision
             fresh.update((kv.key, kv.value) for kv in page.kvs)
+        events: list[Event[Any]] = []
         with self._state.lock:
             st = self._state
             for key in [k for k in st.store if k not in fresh]:
+                events.append(Event(type="DELETE", key=key, value=None,
+                                    prev_value=st.store[key], revision=revision,
+                                    kv=KeyValue(key, b"", mod_revision=revision)))
                 self._set_raw(key, None)
             for key, value in fresh.items():
                 if st.store.get(key) != value:
+                    events.append(Event(type="PUT", key=key, value=value,
+                                        prev_value=st.store.get(key), revision=revision,
+                                        kv=KeyValue(key, value, mod_revision=revision)))
                     self._set_raw(key, value)
             st.revision = revision
             st.applied.notify_all()
+        return events
 
     # -- following the watch ------------------------------------------------------------
 
@@ -196,7 +208,9 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
             except EtcdCompacted:
                 log.warning("cache of %r fell behind compaction; reloading", self.prefix)
                 try:
-                    self._load()
+                    changed = self._load()
+                    if changed:
+                        self._notify(changed, blen)
                 except EtcdError as exc:
                     st.error = exc
                     st.closed.wait(1.0)
@@ -211,10 +225,17 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
         st = self._state
         with st.lock:
             for event in batch:
-                self._set_raw(event.kv.key, None if event.type == "DELETE" else event.kv.value)
+                self._set_raw(event.kv.key, None if event.type == "DELETE" else event.kv.value,
+                              refresh=False)
+            for key in dict.fromkeys(e.kv.key for e in batch):
+                self._refresh(key)
             st.revision = max(st.revision, max(e.revision for e in batch))
             st.error = None
             st.applied.notify_all()
+        self._notify(batch, blen)
+
+    def _notify(self, batch: list[Event[Any]], blen: int) -> None:
+        st = self._state
         if st.on_change is not None:
             decode = self._codec.decode
             events = [Event(type=e.type, key=e.kv.key[blen:].decode("utf-8", "surrogateescape"),
@@ -232,10 +253,30 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
         return self._state.revision
 
     def wait_for(self, revision: int, timeout: float | None = None) -> bool:
-        """Block until the copy reflects ``revision``; whether it does."""
+        """Block until the copy reflects ``revision`` (or later); whether it does."""
         st = self._state
+        if st.revision >= revision:
+            return True
+        # Nothing under the prefix may have changed up to ``revision``, and then
+        # no event will come.  Ask etcd what the prefix looks like now: its
+        # newest modification and its key count.  Once the copy has applied that
+        # modification and holds that many keys, it reflects etcd's revision now
+        # (any later events would be deletes, which the count tracks).
+        start, end = self._span()
+        now = self._client.range(start, end, limit=1, keys_only=True,
+                                 sort_order="DESCEND", sort_target="MOD")
+        newest = now.kvs[0].mod_revision if now.kvs else 0
+        deadline = None if timeout is None else time.monotonic() + timeout
         with st.lock:
-            return st.applied.wait_for(lambda: st.revision >= revision, timeout)
+            quiet = st.applied.wait_for(
+                lambda: st.revision >= revision
+                or (st.revision >= newest and len(st.store) == now.count), timeout)
+            if quiet and st.revision < now.revision:
+                st.revision = now.revision
+                st.applied.notify_all()
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            # A revision etcd has not reached yet: wait for its events.
+            return st.applied.wait_for(lambda: st.revision >= revision, left)
 
     def close(self) -> None:
         """Stop following the watch (and close the client if this cache created it)."""
@@ -263,8 +304,9 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
         # Path keys ("db/host") walk the nodes; anything else is absent.
         if isinstance(key, str) and self._sep in key:
             head, _, rest = key.partition(self._sep)
-            child = dict.get(self, head, _MISSING)
-            if isinstance(child, CachedMapping):
+            child = self._state.nodes.get(self._base + head.encode("utf-8", "surrogateescape")
+                                          + self._bsep)
+            if child is not None:
                 return child[rest]
         full = self._base + key.encode("utf-8", "surrogateescape") if isinstance(key, str) else b""
         if full in self._state.undecodable:
@@ -334,17 +376,27 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
 
     def _txn(self, compare: Any, success: Any, failure: Any) -> TxnResponse:
         resp = EtcdMapping._txn(self, compare, success, failure)
-        if _changed(resp) and not self.wait_for(resp.revision, self._client.timeout):
-            raise EtcdTimeout(f"the write was applied at revision {resp.revision}, but the "
-                              f"cache has not caught up within {self._client.timeout} s")
+        self._catch_up(resp.revision, changed=_changed(resp))
         return resp
 
     def clear(self) -> None:
         """Remove every key under the prefix (one delete-range)."""
         start, end = self._span()
         resp = self._client.delete_range(start, end)
-        if resp.deleted:
-            self.wait_for(resp.revision, self._client.timeout)
+        self._catch_up(resp.revision, changed=bool(resp.deleted))
+
+    def _catch_up(self, revision: int, *, changed: bool) -> None:
+        """Return once the copy is as fresh as a write answered at ``revision``."""
+        timeout = self._client.timeout
+        st = self._state
+        if changed:  # our own change is under the prefix: its event will come
+            with st.lock:
+                ok = st.applied.wait_for(lambda: st.revision >= revision, timeout)
+        else:
+            ok = self.wait_for(revision, timeout)
+        if not ok:
+            raise EtcdTimeout(f"etcd answered at revision {revision}, but the cache has not "
+                              f"caught up within {timeout} s")
 
     __setitem__ = EtcdMapping.__setitem__
     __delitem__ = EtcdMapping.__delitem__
@@ -353,7 +405,10 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
     setdefault = EtcdMapping.setdefault
     update = EtcdMapping.update
     __ior__ = EtcdMapping.__ior__  # type: ignore[assignment]
-    __len__ = dict.__len__
+
+    def __len__(self) -> int:
+        with self._state.lock:  # never mid-revision
+            return dict.__len__(self)
 
     def _scan(self, *, keys_only: bool, page_size: int | None = None) -> Any:
         # popitem() picks its victim from memory.
