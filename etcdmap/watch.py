@@ -214,6 +214,8 @@ class Watcher(Generic[K]):
             if isinstance(item, BaseException):
                 self.close()
                 raise item
+            if not item:
+                continue  # close()'s wake-up call
             self.revision = max(self.revision, max(e.revision for e in item))
             return item
         return []
@@ -223,8 +225,10 @@ class Watcher(Generic[K]):
         return self._created.wait(timeout)
 
     def close(self) -> None:
-        """End the stream and its thread."""
+        """End the stream and its thread (and wake a consumer blocked on it)."""
         self._closed.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait([])
         resp = self._resp
         if resp is not None:
             _shutdown(resp)
