@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from etcdmap import EtcdClient
 
 # Every example talks to a real etcd, so deadlines measure the machine, not us.
 settings.register_profile(
@@ -14,3 +19,23 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("etcd"), max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "etcd"))
+
+
+def http_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URL path of every HTTP request ``client`` sends from now on."""
+    adapter = client._transport.session.get_adapter("http://")
+    original = adapter.send
+    log: list[str] = []
+
+    def send(request: Any, *args: Any, **kwargs: Any) -> Any:
+        log.append(request.path_url)
+        return original(request, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "send", send)
+    return log
+
+
+@pytest.fixture
+def http_log(etcd_client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The URL path of every HTTP request ``etcd_client`` sends from now on."""
+    yield http_log_of(etcd_client, monkeypatch)

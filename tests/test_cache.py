@@ -71,20 +71,6 @@ def cache(m: EtcdMapping, caches: OpenCache) -> CachedMapping:
     return cache
 
 
-def http_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The URL path of every HTTP request ``client`` sends from now on."""
-    adapter = client._transport.session.get_adapter("http://")
-    original = adapter.send
-    log: list[str] = []
-
-    def send(request: Any, *args: Any, **kwargs: Any) -> Any:
-        log.append(request.path_url)
-        return original(request, *args, **kwargs)
-
-    monkeypatch.setattr(adapter, "send", send)
-    return log
-
-
 def cache_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name in CACHE_THREADS and t.is_alive()}
 
@@ -177,9 +163,11 @@ class Relay:
 # -- reads come from memory -------------------------------------------------------------
 
 
-def test_reads_make_no_http_requests(cache: CachedMapping, monkeypatch: pytest.MonkeyPatch,
-                                     ) -> None:
-    log = http_log_of(cache.client, monkeypatch)
+def test_reads_make_no_http_requests(cache: CachedMapping, etcd_client: EtcdClient,
+                                     http_log: list[str]) -> None:
+    assert cache.client is etcd_client  # so http_log sees its requests
+    log = http_log
+    log.clear()
     assert cache["name"] == "app"
     assert cache["db/host"] == "localhost"
     assert cache["db"]["port"] == "5432"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections.abc
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,21 +41,6 @@ def stored(client: EtcdClient, prefix: str) -> dict[str, bytes]:
 def revision(client: EtcdClient) -> int:
     """etcd's current revision: it grows by exactly one per write transaction."""
     return client.status().revision
-
-
-@pytest.fixture
-def http_log(etcd_client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The URL path of every HTTP request the client sends from now on."""
-    adapter = etcd_client._transport.session.get_adapter("http://")
-    original = adapter.send
-    log: list[str] = []
-
-    def send(request: Any, *args: Any, **kwargs: Any) -> Any:
-        log.append(request.path_url)
-        return original(request, *args, **kwargs)
-
-    monkeypatch.setattr(adapter, "send", send)
-    yield log
 
 
 # -- paths and sub-mappings ----------------------------------------------------------

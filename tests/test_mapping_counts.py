@@ -8,7 +8,7 @@ test states exactly which requests an operation makes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,21 +19,6 @@ from etcdmap.ops import Put
 RANGE = "/v3/kv/range"
 TXN = "/v3/kv/txn"
 DELETE = "/v3/kv/deleterange"
-
-
-@pytest.fixture
-def http_log(etcd_client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The URL path of every HTTP request the client sends from now on."""
-    adapter = etcd_client._transport.session.get_adapter("http://")
-    original = adapter.send
-    log: list[str] = []
-
-    def send(request: Any, *args: Any, **kwargs: Any) -> Any:
-        log.append(request.path_url)
-        return original(request, *args, **kwargs)
-
-    monkeypatch.setattr(adapter, "send", send)
-    yield log
 
 
 @pytest.fixture
