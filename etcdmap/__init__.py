@@ -1,5 +1,6 @@
 """etcdmap: etcd as a Python dict, over etcd's v3 JSON gateway."""
 
+from etcdmap.cache import CachedMapping as CachedMapping
 from etcdmap.client import EtcdClient as EtcdClient
 from etcdmap.errors import (
     EtcdAuthError as EtcdAuthError,
@@ -64,6 +65,7 @@ from etcdmap.errors import (
 from etcdmap.errors import (
     EtcdWatchError as EtcdWatchError,
 )
+from etcdmap.lease import Lease as Lease
 from etcdmap.mapping import EtcdMapping as EtcdMapping
 from etcdmap.records import (
     DeleteResult as DeleteResult,
@@ -85,6 +87,7 @@ from etcdmap.watch import Watcher as Watcher
 __version__ = "0.1.0"
 
 __all__ = [
+    "CachedMapping",
     "DeleteResult",
     "EtcdAuthError",
     "EtcdClient",
@@ -112,6 +115,7 @@ __all__ = [
     "Event",
     "GetResult",
     "KeyValue",
+    "Lease",
     "SetResult",
     "Watcher",
     "__version__",
