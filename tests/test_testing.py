@@ -251,7 +251,8 @@ def test_cluster_pause_resume() -> None:
 
 
 def test_tls_server_with_client_cert_auth(tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme  # the test extra installs it
+
     ca = trustme.CA()
     server_cert = ca.issue_cert("127.0.0.1", "localhost")
     client_cert = ca.issue_cert("client@etcdmap.test")  # no CommonName, see docs §12
