@@ -32,6 +32,11 @@ def like(template: str | bytes, data: bytes) -> Any:
     return data.decode("utf-8", "surrogateescape") if isinstance(template, str) else data
 
 
+def _dir(path: str | bytes) -> bytes:
+    """The prefix of the keys under ``path`` (``"a"`` and ``"a/"`` both give ``b"a/"``)."""
+    return to_bytes(path).rstrip(b"/") + b"/"
+
+
 class ClassicMixin:
     """``set``/``get``/``delete``/``testandset``/``list``/``get_recursive``/``watch``."""
 
@@ -105,7 +110,7 @@ class ClassicMixin:
 
     def list(self, path: K) -> list[K]:
         """The immediate children of ``path`` (full keys, each once, sorted)."""
-        base = to_bytes(path).rstrip(b"/") + b"/"
+        base = _dir(path)
         children: dict[bytes, None] = {}
         for kv in self.range_iter(base, prefix=True, keys_only=True):
             head, _, _ = kv.key[len(base):].partition(b"/")
@@ -114,7 +119,7 @@ class ClassicMixin:
 
     def get_recursive(self, path: K) -> dict[K, K]:
         """Every key under ``path`` (``path/...``) with its value, flat, at one revision."""
-        base = to_bytes(path).rstrip(b"/") + b"/"
+        base = _dir(path)
         return {like(path, kv.key): like(path, kv.value)
                 for kv in self.range_iter(base, prefix=True)}
 

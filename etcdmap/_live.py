@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._plan import parse_key
-from .errors import EtcdCodecError, EtcdError, EtcdKeyError, EtcdLeaseExpired, EtcdLeaseNotFound
+from .codecs import decode_or_raw
+from .errors import EtcdError, EtcdKeyError, EtcdLeaseExpired, EtcdLeaseNotFound
 from .lease import Lease
 from .ops import Op, Put
 from .watch import Watcher
@@ -139,10 +140,7 @@ class LiveMixin:
 
         def value_fn(v: bytes) -> Any:
             # An undecodable value must not kill the watch: it arrives as bytes.
-            try:
-                return self._codec.decode(v)
-            except EtcdCodecError:
-                return v
+            return decode_or_raw(self._codec, v)
 
         return self._client.watch_range(start, end, key_fn=key_fn, value_fn=value_fn,
                                         accept=accept, start_revision=start_revision,

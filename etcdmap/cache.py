@@ -23,7 +23,7 @@ from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Va
 from typing import Any
 
 from .client import EtcdClient
-from .codecs import Codec
+from .codecs import Codec, decode_or_raw
 from .errors import EtcdCodecError, EtcdCompacted, EtcdError, EtcdKeyError, EtcdTimeout
 from .mapping import EtcdMapping
 from .records import DeleteRangeResponse, Event, KeyValue, PutResponse, TxnResponse
@@ -237,10 +237,11 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
     def _notify(self, batch: list[Event[Any]], blen: int) -> None:
         st = self._state
         if st.on_change is not None:
-            decode = self._codec.decode
+            codec = self._codec
             events = [Event(type=e.type, key=e.kv.key[blen:].decode("utf-8", "surrogateescape"),
-                            value=None if e.value is None else _try(decode, e.value),
-                            prev_value=None if e.prev_value is None else _try(decode, e.prev_value),
+                            value=None if e.value is None else decode_or_raw(codec, e.value),
+                            prev_value=(None if e.prev_value is None
+                                        else decode_or_raw(codec, e.prev_value)),
                             revision=e.revision, kv=e.kv) for e in batch]
             try:
                 st.on_change(events)
@@ -428,10 +429,3 @@ def _changed(resp: TxnResponse) -> bool:
         if isinstance(r, TxnResponse) and _changed(r):
             return True
     return False
-
-
-def _try(decode: Callable[[bytes], Any], data: bytes) -> Any:
-    try:
-        return decode(data)
-    except EtcdCodecError:
-        return data

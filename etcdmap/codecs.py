@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import EtcdCodecError
 
-__all__ = ["BytesCodec", "Codec", "JSONCodec", "StrCodec", "get_codec"]
+__all__ = ["BytesCodec", "Codec", "JSONCodec", "StrCodec", "decode_or_raw", "get_codec"]
 
 
 @runtime_checkable
@@ -93,3 +93,14 @@ def get_codec(codec: str | Codec) -> Codec:
     if isinstance(codec, Codec):
         return codec
     raise TypeError("codec must be a name or an object with encode() and decode()")
+
+
+def decode_or_raw(codec: Codec, data: bytes) -> Any:
+    """``codec.decode(data)``, or ``data`` itself when the codec cannot read it.
+
+    For event streams, where one undecodable value must not stop the rest.
+    """
+    try:
+        return codec.decode(data)
+    except EtcdCodecError:
+        return data
