@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
+from helpers import wait_until
 
 from etcdmap import (
     EtcdClient,
@@ -98,14 +99,6 @@ def timed(call: Callable[[], object]) -> tuple[object, float]:
     started = time.monotonic()
     result = call()
     return result, time.monotonic() - started
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s")
-        time.sleep(0.1)
 
 
 def values_on(endpoint: str, prefix: str) -> dict[str, str]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from helpers import wait_until
 
 from etcdmap import EtcdClient, EtcdLeaseExpired, EtcdMapping
 from etcdmap.lease import Lease
@@ -24,16 +24,6 @@ from etcdmap.testing import EtcdServer
 def m(etcd_prefix: str, etcd_client: EtcdClient) -> EtcdMapping:
     """A str-codec mapping over the test's own prefix."""
     return EtcdMapping(etcd_prefix, client=etcd_client)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> float:
-    """Poll ``condition`` every 50 ms; the seconds it took to hold (fails after ``timeout``)."""
-    start = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - start
-        assert elapsed < timeout, f"still not true after {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def keepalive_thread(lease: Lease) -> threading.Thread:

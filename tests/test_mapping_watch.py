@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import pytest
+from helpers import collect
 
 from etcdmap import EtcdClient, EtcdCompacted, EtcdMapping, Event
-from etcdmap.watch import Watcher
 
 # -- helpers ---------------------------------------------------------------------
 
@@ -24,21 +24,6 @@ from etcdmap.watch import Watcher
 def m(etcd_prefix: str, etcd_client: EtcdClient) -> EtcdMapping:
     """A JSON-codec mapping over the test's own prefix."""
     return EtcdMapping(etcd_prefix, client=etcd_client, codec="json")
-
-
-def collect(watcher: Watcher[Any], count: int, timeout: float = 5) -> list[Event[Any]]:
-    """The next ``count`` events, then proof that nothing else follows."""
-    deadline = time.monotonic() + timeout
-    events: list[Event[Any]] = []
-    while len(events) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(events)} of {count} events within {timeout} s: {events}"
-        event = watcher.next_event(left)
-        if event is not None:
-            events.append(event)
-    extra = watcher.next_event(0.3)
-    assert extra is None, f"an unexpected event: {extra}"
-    return events
 
 
 def changes(events: list[Event[Any]]) -> list[tuple[str, str, Any]]:

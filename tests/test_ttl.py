@@ -8,10 +8,10 @@ show what etcd really stores (which lease a key is attached to).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import wait_until
 
 from etcdmap import EtcdClient, EtcdKeyError, EtcdMapping
 from etcdmap.records import KeyValue
@@ -30,16 +30,6 @@ def raw(client: EtcdClient, prefix: str, key: str) -> KeyValue:
     kvs = client.range(f"{prefix}/{key}").kvs
     assert kvs, f"{key!r} is not stored"
     return kvs[0]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> float:
-    """Poll ``condition`` every 50 ms; the seconds it took to hold (fails after ``timeout``)."""
-    start = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - start
-        assert elapsed < timeout, f"still not true after {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 # -- with_ttl -------------------------------------------------------------------------

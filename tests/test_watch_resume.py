@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import responses
+from helpers import collect as collect_events
 
 from etcdmap import EtcdClient, EtcdCompacted, EtcdPermissionError, EtcdTimeout, Event
 from etcdmap.ops import Put
@@ -56,18 +57,8 @@ def prefix() -> str:
 
 
 def collect(watcher: Watcher[Any], count: int, timeout: float = 10) -> list[Event[Any]]:
-    """The next ``count`` events, then proof that nothing else (no duplicate) follows."""
-    deadline = time.monotonic() + timeout
-    events: list[Event[Any]] = []
-    while len(events) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(events)} of {count} events within {timeout} s: {events}"
-        event = watcher.next_event(left)
-        if event is not None:
-            events.append(event)
-    extra = watcher.next_event(0.5)
-    assert extra is None, f"an unexpected (repeated?) event: {extra}"
-    return events
+    """Like helpers.collect, with room for a reconnect."""
+    return collect_events(watcher, count, timeout, quiet=0.5)
 
 
 def watch_threads() -> set[threading.Thread]:
