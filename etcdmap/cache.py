@@ -412,8 +412,10 @@ class CachedMapping(dict, EtcdMapping):  # type: ignore[type-arg,misc]
             return dict.__len__(self)
 
     def _scan(self, *, keys_only: bool, page_size: int | None = None) -> Any:
-        # popitem() picks its victim from memory.
-        return iter([(name, None) for name in self._snapshot()][:1])
+        # popitem() picks its victim from memory: the first name in key order,
+        # as EtcdMapping.popitem does (not the first one the watch happened to apply).
+        names = self._snapshot()
+        return iter([(min(names, key=_etcd_order), None)] if names else [])
 
     @classmethod
     def fromkeys(cls, *args: Any, **kwargs: Any) -> Any:
@@ -429,3 +431,8 @@ def _changed(resp: TxnResponse) -> bool:
         if isinstance(r, TxnResponse) and _changed(r):
             return True
     return False
+
+
+def _etcd_order(name: str) -> bytes:
+    """The sort key etcd uses for a name: its bytes."""
+    return name.encode("utf-8", "surrogateescape")
