@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import EtcdCompareFailed, EtcdKeyError
-from .ops import Compare, Put, Range, to_bytes
-from .records import DeleteResult, Event, GetResult, RangeResponse, SetResult
+from .ops import Compare, Put, Range, prefix_end, to_bytes
+from .records import DeleteResult, Event, GetResult, Node, RangeResponse, SetResult
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Generator, Iterator, Sequence
 
     from .ops import Op
     from .records import (
@@ -30,6 +30,15 @@ K = TypeVar("K", str, bytes)
 def like(template: str | bytes, data: bytes) -> Any:
     """``data`` as ``str`` when ``template`` is a ``str``."""
     return data.decode("utf-8", "surrogateescape") if isinstance(template, str) else data
+
+
+def _text(key: K, value: object, what: str) -> K:
+    """A classic value: ``str``/``bytes`` as given; an int or float as its ``str()`` (etcd-py)."""
+    if isinstance(value, (str, bytes)):
+        return value  # type: ignore[return-value]
+    if isinstance(value, (int, float)):
+        return like(key, str(value).encode())  # type: ignore[no-any-return]
+    raise TypeError(f"{what} must be str, bytes, int or float, not {type(value).__name__}")
 
 
 def _dir(path: str | bytes) -> bytes:
@@ -56,13 +65,21 @@ class ClassicMixin:
         def txn(self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
                 failure: Sequence[Op] = ()) -> TxnResponse: ...
         def lease_grant(self, ttl: int, *, lease_id: int = 0) -> LeaseGrant: ...
+        def range_many(self, ranges: Sequence[Range]) -> list[RangeResponse]: ...
+        def pages(self, key: bytes, range_end: bytes | None, *, revision: int = 0,
+                  keys_only: bool = False,
+                  page_size: int = 1000) -> Generator[RangeResponse, bytes | None, None]: ...
         def watch_iter(self, key: K, *, prefix: bool = False,
                        start_revision: int | None = None, prev_kv: bool = False,
                        read_timeout: float = 60.0) -> Watcher[K]: ...
         max_txn_ops: int
 
-    def set(self, key: K, value: K, ttl: int | None = None) -> SetResult[K]:
-        """Store ``value`` at ``key``, expiring after ``ttl`` seconds when given."""
+    def set(self, key: K, value: K | int | float, ttl: int | None = None) -> SetResult[K]:
+        """Store ``value`` at ``key``, expiring after ``ttl`` seconds when given.
+
+        An ``int`` or ``float`` value is stored as its ``str()``, as etcd-py did.
+        """
+        value = _text(key, value, "value")
         lease = self.lease_grant(ttl) if ttl is not None else None
         resp = self.put(key, value, lease=lease.id if lease else 0, prev_kv=True)
         expiration = (datetime.now(timezone.utc) + timedelta(seconds=lease.ttl)) if lease else None
@@ -88,12 +105,15 @@ class ClassicMixin:
         prev = resp.prev_kvs[0].value if resp.prev_kvs else b""
         return DeleteResult(key=key, prev_value=like(key, prev), revision=resp.revision)
 
-    def testandset(self, key: K, prev_value: K, value: K) -> SetResult[K]:
+    def testandset(self, key: K, prev_value: K | int | float,
+                   value: K | int | float) -> SetResult[K]:
         """Set ``key`` to ``value`` only if it holds ``prev_value`` (atomically).
 
         Raises :class:`EtcdKeyError` when the key is absent and
-        :class:`EtcdCompareFailed` when it holds something else.
+        :class:`EtcdCompareFailed` when it holds something else.  Numbers are
+        compared and stored as their ``str()``.
         """
+        prev_value, value = _text(key, prev_value, "prev_value"), _text(key, value, "value")
         k = to_bytes(key)
         resp = self.txn([Compare(k, "VALUE", "==", to_bytes(prev_value))],
                         [Put(k, to_bytes(value))], [Range(k)])
@@ -108,14 +128,41 @@ class ClassicMixin:
 
     test_and_set = testandset
 
-    def list(self, path: K) -> list[K]:
-        """The immediate children of ``path`` (full keys, each once, sorted)."""
+    def list(self, path: K) -> list[Node[K]]:
+        """The immediate children of ``path``, sorted: keys with values, and directories.
+
+        As in a mapping, a key stored both as a value and as a directory
+        (``a`` and ``a/b``) is listed once, as the value.
+        """
         base = _dir(path)
-        children: dict[bytes, None] = {}
-        for kv in self.range_iter(base, prefix=True, keys_only=True):
-            head, _, _ = kv.key[len(base):].partition(b"/")
-            children[base + head] = None
-        return [like(path, child) for child in children]
+        out: list[Node[K]] = []
+        for kv, revision in self._children_of(base):
+            rel = kv.key[len(base):]
+            head, found, _ = rel.partition(b"/")
+            full = like(path, base + head)
+            if found:
+                out.append(Node(key=full, value=None, dir=True, revision=revision))
+            else:
+                out.append(Node(key=full, value=like(path, kv.value), dir=False,
+                                revision=kv.mod_revision))
+        return out
+
+    def _children_of(self, base: bytes) -> Iterator[tuple[KeyValue, int]]:
+        """The first key of each child of ``base`` (a leaf before its subtree), in order."""
+        pages = self.pages(base, prefix_end(base))
+        page = next(pages, None)
+        seen: set[bytes] = set()  # "a-b" sorts between the leaf "a" and "a/x"
+        while page is not None:
+            skip: bytes | None = None
+            for kv in page.kvs:
+                head, found, _ = kv.key[len(base):].partition(b"/")
+                if not head or head in seen:
+                    continue
+                seen.add(head)
+                if found:
+                    skip = prefix_end(base + head + b"/")
+                yield kv, page.revision
+            page = pages.send(skip) if page.more else None
 
     def get_recursive(self, path: K) -> dict[K, K]:
         """Every key under ``path`` (``path/...``) with its value, flat, at one revision."""
@@ -132,13 +179,7 @@ class ClassicMixin:
 
 
     def get_many(self, keys: Sequence[K]) -> dict[K, K]:
-        """The values of the present ``keys``, read in as few transactions as fit."""
-        out: dict[K, K] = {}
-        step = max(self.max_txn_ops, 1)
-        for i in range(0, len(keys), step):
-            chunk = keys[i:i + step]
-            resp = self.txn(success=[Range(to_bytes(k)) for k in chunk])
-            for key, r in zip(chunk, resp.responses, strict=True):
-                if isinstance(r, RangeResponse) and r.kvs:
-                    out[key] = like(key, r.kvs[0].value)
-        return out
+        """The values of the present ``keys``, read at one revision (see ``range_many``)."""
+        answers = self.range_many([Range(to_bytes(k)) for k in keys])
+        return {key: like(key, r.kvs[0].value)
+                for key, r in zip(keys, answers, strict=True) if r.kvs}

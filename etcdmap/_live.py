@@ -5,22 +5,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._plan import parse_key
+from ._plan import key_name, parse_key
 from .codecs import decode_or_raw
 from .errors import EtcdError, EtcdKeyError, EtcdLeaseExpired, EtcdLeaseNotFound
 from .lease import Lease
 from .ops import Op, Put
+from .records import DeleteRangeResponse, PutResponse, TxnResponse
 from .watch import Watcher
 
 if TYPE_CHECKING:
     from .client import EtcdClient
     from .codecs import Codec
     from .mapping import EtcdMapping
-    from .records import TxnResponse
 
 __all__ = ["LiveMixin"]
+
+
+class WriteHooks(Protocol):
+    """What a mapping tells before and after each write it sends."""
+
+    def before_write(self) -> None:
+        """Raise to refuse the write before anything is sent."""
+
+    def after_write(self, revision: int, changed: bool) -> None:
+        """The write was applied at ``revision`` (``changed``: it changed something)."""
 
 
 class LiveMixin:
@@ -33,6 +43,8 @@ class LiveMixin:
     _codec: Codec
     _ttl: int = 0
     _lease_obj: Lease | None = None
+    # Told before and after every write (a cached view refuses or waits there).
+    _hooks: WriteHooks | None = None
 
     if TYPE_CHECKING:
         def _derive(self, base: bytes) -> EtcdMapping: ...
@@ -70,7 +82,9 @@ class LiveMixin:
             except EtcdError:
                 lease.close()
             raise
-        lease.revoke()
+        revision = lease.revoke()
+        if revision and self._hooks is not None:  # the revoke deleted the view's keys
+            self._hooks.after_write(revision, False)
 
     @property
     def current_lease(self) -> Lease | None:
@@ -106,13 +120,18 @@ class LiveMixin:
 
     def _txn(self, compare: Sequence[Any], success: Sequence[Op],
              failure: Sequence[Op]) -> TxnResponse:
+        if self._hooks is not None:
+            self._hooks.before_write()
         try:
-            return self._client.txn(compare, self._leased(success), failure)
+            resp = self._client.txn(compare, self._leased(success), failure)
         except EtcdLeaseNotFound as exc:
             if self._lease_obj is None:
                 raise
-            self._lease_obj._mark_expired("the server rejected it")
+            self._lease_obj.mark_expired("the server rejected it")
             raise EtcdLeaseExpired(f"lease {self._lease_obj.id:x} has expired") from exc
+        if self._hooks is not None:
+            self._hooks.after_write(resp.revision, _changed(resp))
+        return resp
 
     # -- watching ------------------------------------------------------------------------
 
@@ -136,7 +155,7 @@ class LiveMixin:
                 return k == full or k.startswith(full + sep)
 
         def key_fn(k: bytes) -> str:
-            return k[blen:].decode("utf-8", "surrogateescape")
+            return key_name(k[blen:])
 
         def value_fn(v: bytes) -> Any:
             # An undecodable value must not kill the watch: it arrives as bytes.
@@ -149,3 +168,13 @@ class LiveMixin:
     def snapshot(self) -> tuple[dict[str, Any], int]:
         """``(to_dict(), revision)``: the subtree and the revision it was read at."""
         return self._tree_at()
+
+
+def _changed(resp: TxnResponse) -> bool:
+    """Whether a write txn changed anything (else the revision did not move)."""
+    for r in resp.responses:
+        if isinstance(r, PutResponse) or (isinstance(r, DeleteRangeResponse) and r.deleted):
+            return True
+        if isinstance(r, TxnResponse) and _changed(r):
+            return True
+    return False

@@ -16,15 +16,34 @@ from typing import Any
 from .ops import Delete, Put, prefix_end, subtract_points
 from .records import KeyValue
 
-__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "parse_key", "plan_ops"]
+__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "key_bytes", "key_name", "parse_key",
+           "plan_ops"]
+
+Encode = Callable[[Any, bytes], bytes]  # (value, its etcd key) -> bytes
+Decode = Callable[[bytes, bytes], Any]  # (data, its etcd key) -> value
+
+
+def key_bytes(name: str) -> bytes:
+    """The etcd bytes of a name: UTF-8, with ``surrogateescape`` for what is not.
+
+    The one key codec, both ways (see :func:`key_name`): a key other tools
+    wrote that is not UTF-8 (``b"\\xff"``) is the name ``"\\udcff"``, and that
+    name addresses it again.
+    """
+    return name.encode("utf-8", "surrogateescape")
+
+
+def key_name(data: bytes) -> str:
+    """The name of etcd key bytes (the inverse of :func:`key_bytes`)."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 def parse_key(key: object, sep: str, *, write: bool) -> bytes:
-    """The UTF-8 path of a mapping key, or the error a dict would raise.
+    """The etcd path of a mapping key, or the error a dict would raise.
 
     Reads raise ``KeyError`` for any bad key; writes raise ``TypeError`` for a
     non-``str`` key and ``ValueError`` for an empty segment (``""``, ``"a//b"``,
-    ``"/a"``, ``"a/"``).
+    ``"/a"``, ``"a/"``) or a lone surrogate that no bytes stand for.
     """
     if not isinstance(key, str):
         if write:
@@ -35,17 +54,17 @@ def parse_key(key: object, sep: str, *, write: bool) -> bytes:
             raise ValueError(f"invalid key {key!r}: empty path segment")
         raise KeyError(key)
     try:
-        return key.encode("utf-8")
+        return key_bytes(key)
     except UnicodeEncodeError:
         if write:
-            raise ValueError(f"invalid key {key!r}: not encodable as UTF-8") from None
+            raise ValueError(f"invalid key {key!r}: a lone surrogate is no etcd key") from None
         raise KeyError(key) from None
 
 
 class WritePlan:
     """Assignments applied in order, as they would be to a nested dict."""
 
-    def __init__(self, floor: bytes, sep: bytes, encode: Callable[[Any], bytes]):
+    def __init__(self, floor: bytes, sep: bytes, encode: Encode):
         self._floor, self._sep, self._encode = floor, sep, encode
         self.puts: dict[bytes, bytes] = {}
         self._regions: list[tuple[bytes, bytes]] = []
@@ -59,7 +78,7 @@ class WritePlan:
             self._flatten(key, value, leaves)
             cleared = [(key, key + b"\0")]
         else:
-            leaves[key] = self._encode(value)  # TypeError before anything is planned
+            leaves[key] = self._encode(value, key)  # TypeError before anything is planned
             cleared = []
         subtree = key + sep
         cleared.append((subtree, prefix_end(subtree)))
@@ -90,31 +109,31 @@ class WritePlan:
             if isinstance(value, Mapping):
                 self._flatten(path, value, out)
             else:
-                out[path] = self._encode(value)
+                out[path] = self._encode(value, path)
 
-    def ops(self, lease: int = 0) -> list[Put | Delete]:
-        """Deletes first, then puts (with ``lease``), in key order; no two ops overlap."""
+    def ops(self) -> list[Put | Delete]:
+        """Deletes first, then puts, in key order; no two ops overlap."""
         deletes: list[Put | Delete] = [
             Delete(start, None if end == start + b"\0" else end)
             for start, end in subtract_points(self._regions, self.puts)
         ]
-        return deletes + [Put(k, v, lease=lease) for k, v in sorted(self.puts.items())]
+        return deletes + [Put(k, v) for k, v in sorted(self.puts.items())]
 
 
-def plan_ops(floor: bytes, sep: bytes, encode: Callable[[Any], bytes],
-             items: Iterable[tuple[bytes, Any]], lease: int = 0) -> list[Put | Delete]:
+def plan_ops(floor: bytes, sep: bytes, encode: Encode,
+             items: Iterable[tuple[bytes, Any]]) -> list[Put | Delete]:
     """The ops of assigning ``items`` in order."""
     plan = WritePlan(floor, sep, encode)
     for key, value in items:
         plan.assign(key, value)
-    return plan.ops(lease)
+    return plan.ops()
 
 
 def add_to_tree(tree: dict[str, Any], kvs: Iterable[KeyValue], base_len: int, sep: str,
-                decode: Callable[[bytes], Any]) -> None:
+                decode: Decode) -> None:
     """Add key-values (in key order) to a nested dict; a leaf wins over a subtree."""
     for kv in kvs:
-        parts = kv.key[base_len:].decode("utf-8", "surrogateescape").split(sep)
+        parts = key_name(kv.key[base_len:]).split(sep)
         if "" in parts:
             continue  # an empty segment: not addressable
         node = tree
@@ -125,7 +144,7 @@ def add_to_tree(tree: dict[str, Any], kvs: Iterable[KeyValue], base_len: int, se
             node = child
         else:
             if parts[-1] not in node:  # a leaf always sorts before its subtree
-                node[parts[-1]] = decode(kv.value)
+                node[parts[-1]] = decode(kv.value, kv.key)
 
 
 def chunk_ops(ops: list[Put | Delete], max_ops: int,

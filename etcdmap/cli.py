@@ -17,6 +17,15 @@
 Keys are paths: ``app/db/host`` is the etcd key ``app/db/host`` and ``app`` is
 the directory above it, as for :class:`~etcdmap.mapping.EtcdMapping`.  A key
 that starts with ``/`` (``/app/db/host``) is that etcd key, with its slash.
+``set`` and ``rm`` write through the mapping of the key's first segment
+(``set app/db/host x`` is ``EtcdMapping("app")["db/host"] = "x"``), so they
+follow its nested-dict rules and touch nothing outside ``app/``.
+
+Arguments and documents are text: a KEY, PREFIX or VALUE that is not valid
+UTF-8 (say ``$'\\xff'``) is refused with exit code 2, so keys that other tools
+wrote with such bytes cannot be named.  ``ls`` and ``watch`` show those bytes
+as ``\\xNN`` escapes; ``dump`` (and ``get`` of a directory) refuse them with
+exit code 3; ``rm -r`` of a directory above them removes them.
 
 Connection flags follow ``etcdctl`` (``--endpoints``, ``--cacert``, ``--cert``,
 ``--key``, ``--user``, ``--password``, ``--dial-timeout``,
@@ -27,7 +36,7 @@ command.
 Exit codes: 0 success; 1 the key is not there; 2 a usage error or bad input
 (nothing is written); 3 etcd could not be reached or refused the request (or
 holds data the command cannot render); 130 interrupted.  Errors are one line
-on stderr.
+on stderr (at most 300 characters), never a traceback.
 """
 
 from __future__ import annotations
@@ -39,17 +48,18 @@ import getpass
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any, NoReturn, Protocol
 
-from .client import EtcdClient
-from .errors import EtcdError, EtcdKeyError, EtcdPartialWrite
+from .client import EtcdClient, go_duration
+from .errors import EtcdConnectionError, EtcdError, EtcdKeyError, EtcdPartialWrite, EtcdTimeout
 from .mapping import EtcdMapping
 from .ops import ALL_KEYS, Delete, Op, Put, prefix_end
 
@@ -60,6 +70,10 @@ SEP = "/"
 PAGE_SIZE = 1000
 _TXN_BYTES = 512 * 1024  # of keys and values: well under etcd's 1.5 MiB request limit
 _ENV_NAME = re.compile(r"[^A-Za-z0-9]+")
+_NEGATIVE = re.compile(r"-\d+$|-\d*\.\d+$")  # argparse takes these for values, not options
+MAX_MESSAGE = 300  # characters of an error line: a message may quote a whole reply
+NO_ETCD_HINT = ("; is etcd running? Set --endpoints or $ETCDCTL_ENDPOINTS, "
+                "or start one with `etcdmap serve`")
 YAML_HINT = "pip install 'etcdmap[yaml]'"
 
 
@@ -72,7 +86,27 @@ class CliError(Exception):
 
 
 def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """``text`` on one line of at most :data:`MAX_MESSAGE` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
+
+
+def _show(data: bytes) -> str:
+    """Bytes from etcd as text that any output can take: ``\\xNN`` for non-UTF-8."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+def check_utf8(text: str, what: str) -> str:
+    """``text``, or :class:`CliError` if it cannot be stored: not valid UTF-8.
+
+    Arguments that are not UTF-8 arrive as lone surrogates (``$'\\xff'`` is
+    ``"\\udcff"``), and so do JSON escapes like ``"\\ud800"``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliError(f"{what} is not valid UTF-8 text") from None
+    return text
 
 
 # -- keys ---------------------------------------------------------------------------
@@ -106,15 +140,18 @@ class Target:
             return self.full
         return self.full + SEP + rel if self.path else self.root + rel
 
-    def parent(self, client: EtcdClient, codec: str = "str") -> tuple[EtcdMapping, str]:
-        """The mapping this key is in, and its name there.
+    def owner(self, client: EtcdClient) -> tuple[EtcdMapping, str]:
+        """The mapping of the key's first segment (the root's for a one-segment
+        key), and the key's name in it.
 
-        Writes through it touch only the key and what lies under it, so they
-        work for users whose permissions cover just a prefix.
+        Writes through it follow the mapping's rules (``app/a/b = x`` removes a
+        value at ``app/a``) and touch nothing outside the first segment, so they
+        work for users whose permissions cover just ``app/``.
         """
-        head, _, name = self.path.rpartition(SEP)
-        prefix = self.root + head if head else self.root
-        return EtcdMapping(prefix, client=client, codec=codec), name
+        head, sep, rest = self.path.partition(SEP)
+        if not sep:
+            return EtcdMapping(self.root, client=client), head
+        return EtcdMapping(self.root + head, client=client), rest
 
     def mapping(self, client: EtcdClient, codec: str = "str") -> EtcdMapping:
         """The mapping of what lies under this target."""
@@ -123,6 +160,7 @@ class Target:
 
 def parse_target(arg: str, *, prefix: bool) -> Target:
     """``arg`` as a :class:`Target`; a prefix may be the root and end in ``/``."""
+    check_utf8(arg, f"key {arg!r}")
     root = SEP if arg.startswith(SEP) else ""
     path = arg[len(root):]
     if prefix and path.endswith(SEP):
@@ -140,11 +178,15 @@ def parse_target(arg: str, *, prefix: bool) -> Target:
 
 
 def _duration(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(ms|s|m)?\s*", text)
-    if match is None or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 2s, 500ms)")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
-    return float(match.group(1)) * scale
+    """``--dial-timeout``, read as the client reads ``$ETCDCTL_DIAL_TIMEOUT``."""
+    try:
+        seconds = go_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (expected a positive "
+                                         "duration, e.g. 5s, 500ms or 1m30s)")
+    return seconds
 
 
 def _connect(args: argparse.Namespace) -> EtcdClient:
@@ -160,14 +202,8 @@ def _connect(args: argparse.Namespace) -> EtcdClient:
                 raise CliError(f"--user {user} needs a password: --user {user}:PASSWORD, "
                                "--password or $ETCDCTL_PASSWORD")
             password = getpass.getpass(f"Password for {user}: ")
-    timeout = args.dial_timeout
-    if timeout is None and os.environ.get("ETCDCTL_DIAL_TIMEOUT"):
-        try:
-            timeout = _duration(os.environ["ETCDCTL_DIAL_TIMEOUT"])
-        except argparse.ArgumentTypeError as exc:
-            raise CliError(f"$ETCDCTL_DIAL_TIMEOUT: {exc}") from exc
-    try:
-        return EtcdClient(args.endpoints, timeout=timeout, username=user,
+    try:  # without --dial-timeout, the client reads $ETCDCTL_DIAL_TIMEOUT
+        return EtcdClient(args.endpoints, timeout=args.dial_timeout, username=user,
                           password=password, ca_cert=args.cacert, cert=args.cert_file,
                           key=args.key_file, verify=not args.insecure_skip_tls_verify)
     except ValueError as exc:  # e.g. a malformed $ETCDCTL_DIAL_TIMEOUT or endpoint
@@ -263,12 +299,14 @@ def document_leaves(doc: object, source: str) -> dict[str, str]:
                 raise CliError(f"{source}: invalid key {name!r} under {path or 'the top'!r}: "
                                "empty path segment")
             full = f"{path}{SEP}{name}" if path else name
+            check_utf8(full, f"{source}: key {full!r}")
             if isinstance(value, Mapping):
                 walk(value, full)
             else:
                 if full in out:
                     raise CliError(f"{source}: key {full!r} is given twice")
-                out[full] = _scalar(value, f"{source}: key {full!r}")
+                out[full] = check_utf8(_scalar(value, f"{source}: key {full!r}"),
+                                       f"{source}: the value of key {full!r}")
 
     walk(doc, "")
     for key in out:
@@ -281,8 +319,18 @@ def document_leaves(doc: object, source: str) -> dict[str, str]:
 
 
 def read_document(path: str, fmt: str | None) -> dict[str, str]:
-    """Parse ``path`` (``-`` for stdin) as JSON or YAML; its leaves as ``{path: text}``."""
+    """Parse ``path`` (``-`` for stdin) as JSON or YAML; its leaves as ``{path: text}``.
+
+    Every key and value is checked before anything is written.
+    """
     source = "stdin" if path == "-" else path
+    try:
+        return document_leaves(_parse(path, source, fmt), source)
+    except RecursionError:  # from the parser or the walk: "[" * 100000, YAML anchors
+        raise CliError(f"{source}: nested too deeply") from None
+
+
+def _parse(path: str, source: str, fmt: str | None) -> object:
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -310,7 +358,7 @@ def read_document(path: str, fmt: str | None) -> dict[str, str]:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise CliError(f"{source}: invalid YAML: {_one_line(exc)}") from exc
-    return document_leaves(doc, source)
+    return doc
 
 
 def _env_lines(tree: Mapping[str, Any]) -> list[str]:
@@ -326,9 +374,9 @@ def _env_lines(tree: Mapping[str, Any]) -> list[str]:
             var = _ENV_NAME.sub("_", "_".join([*path, name])).strip("_").upper()
             if not var or var[0].isdigit():
                 var = "_" + var
-            if var in seen:
+            if var in seen:  # the data, not the command line, is the problem
                 raise CliError(f"keys {seen[var]!r} and {key!r} are both ${var}; "
-                               "use --format json or yaml")
+                               "use --format json or yaml", EXIT_ETCD)
             seen[var] = key
             lines.append(f"{var}={shlex.quote(value)}")
 
@@ -368,8 +416,8 @@ def read_tree(client: EtcdClient, target: Target, *, bar: bool = True) -> dict[s
                     parts = kv.key[len(base):].decode("utf-8").split(SEP)
                     value = kv.value.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise CliError(f"{kv.key.decode('utf-8', 'replace')!r} is not UTF-8 text",
-                                   EXIT_ETCD) from None
+                    raise CliError(f"{_show(kv.key)}: not UTF-8 text (get prints a value's "
+                                   "bytes as they are)", EXIT_ETCD) from None
                 if "" in parts:
                     continue
                 node = tree
@@ -408,7 +456,8 @@ def cmd_get(args: argparse.Namespace, client: EtcdClient) -> int:
 
 def cmd_set(args: argparse.Namespace, client: EtcdClient) -> int:
     target = parse_target(args.key, prefix=False)
-    mapping, name = target.parent(client)
+    check_utf8(args.value, "VALUE")
+    mapping, name = target.owner(client)
     if args.ttl is not None:
         if args.ttl <= 0:
             raise CliError(f"--ttl must be a positive number of seconds, not {args.ttl}")
@@ -421,7 +470,7 @@ def cmd_rm(args: argparse.Namespace, client: EtcdClient) -> int:
     target = parse_target(args.key, prefix=args.recursive)
     if not target.path:
         raise CliError("refusing to remove the whole keyspace")
-    mapping, name = target.parent(client)
+    mapping, name = target.owner(client)
     if args.recursive:
         try:
             del mapping[name]
@@ -452,7 +501,7 @@ def _list_keys(client: EtcdClient, target: Target, *, recursive: bool) -> tuple[
     while page is not None:
         jump: bytes | None = None
         for kv in page.kvs:
-            parts = kv.key[len(base):].decode("utf-8", "replace").split(SEP)
+            parts = _show(kv.key[len(base):]).split(SEP)
             if "" in parts:
                 hidden += 1
                 continue
@@ -520,10 +569,6 @@ def cmd_ls(args: argparse.Namespace, client: EtcdClient) -> int:
     return EXIT_OK
 
 
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", "replace")
-
-
 def cmd_watch(args: argparse.Namespace, client: EtcdClient) -> int:
     target = parse_target(args.prefix, prefix=True)
     mapping = EtcdMapping(target.root, client=client, codec="bytes")
@@ -534,9 +579,11 @@ def cmd_watch(args: argparse.Namespace, client: EtcdClient) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with mapping.watch(target.path or None, prev_kv=True, start_revision=args.rev) as events:
         for event in events:
+            value, prev = event.value, event.prev_value
             _out(json.dumps({
-                "type": event.type, "key": target.root + event.key,
-                "value": _text(event.value), "prev_value": _text(event.prev_value),
+                "type": event.type, "key": _show(event.kv.key),
+                "value": None if value is None else _show(value),
+                "prev_value": None if prev is None else _show(prev),
                 "revision": event.revision,
             }, ensure_ascii=False) + "\n")
     return EXIT_OK
@@ -583,7 +630,7 @@ def plan_load(client: EtcdClient, target: Target, leaves: Mapping[str, str],
     """
     current: dict[str, str] = {}
     for kv in client.range_iter(target.base or ALL_KEYS, prefix_end(target.base)):
-        current[kv.key.decode("utf-8", "replace")] = kv.value.decode("utf-8", "replace")
+        current[_show(kv.key)] = _show(kv.value)
     wanted = {target.show(k): v for k, v in leaves.items()}
     if replace:
         doomed = [k for k in current if k not in wanted]
@@ -667,12 +714,13 @@ def load(client: EtcdClient, target: Target, leaves: Mapping[str, str], *,
 def cmd_load(args: argparse.Namespace, client: EtcdClient) -> int:
     target = parse_target(args.prefix, prefix=True)
     leaves = read_document(args.file, args.format)
+    diff = plan_load(client, target, leaves, args.replace)
     if args.dry_run:
-        diff = plan_load(client, target, leaves, args.replace)
         _out("".join(line + "\n" for line in diff.lines()))
         _out(f"{diff.summary()} (dry run: nothing written)\n")
         return EXIT_OK
     load(client, target, leaves, replace=args.replace)
+    _out(f"{diff.summary()} under {target.full or 'the root'}\n")
     return EXIT_OK
 
 
@@ -693,10 +741,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line, exit code 2."""
+    """Usage errors as one line, exit code 2; an unknown option is named as one."""
+
+    _given: Sequence[str] = ()
+
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
+        self._given = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self._given, namespace)
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            # `set k --bogus`: the real problem is the option, not a missing VALUE.
+            given = self._given[:self._given.index("--")] if "--" in self._given else self._given
+            unknown = [arg for arg in given if _is_option(arg) and not self._knows(arg)]
+            if unknown:
+                message = f"unknown option {unknown[0].split('=', 1)[0]}"
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def _knows(self, arg: str) -> bool:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--"):  # argparse accepts unambiguous abbreviations
+            return any(option.startswith(name) for option in self._option_string_actions)
+        return name[:2] in self._option_string_actions  # -r, or -rv
+
+
+def _is_option(arg: str) -> bool:
+    return arg.startswith("-") and arg != "-" and not _NEGATIVE.match(arg)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; a usage error exits with code 2."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        options = [arg.split("=", 1)[0] for arg in extra if _is_option(arg)]  # no values
+        parser.error(f"unknown option {options[0]}" if options
+                     else f"unexpected argument {extra[0]!r}")
+    return args
 
 
 def _connection_flags(parser: argparse.ArgumentParser, *, sub: bool) -> None:
@@ -812,7 +894,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     log = logging.getLogger("etcdmap")
     if not any(getattr(h, "_etcdmap_cli", False) for h in log.handlers):
         handler = logging.StreamHandler()
@@ -823,13 +905,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except CliError as exc:
-        _error(str(exc))
+        _error(_one_line(exc))
         return exc.code
     except EtcdKeyError as exc:
-        _error(f"{exc}: key not found")
+        _error(f"{_one_line(exc)}: key not found")
         return EXIT_NOT_FOUND
     except EtcdError as exc:
-        _error(_one_line(exc) or type(exc).__name__)
+        message = _one_line(exc) or type(exc).__name__
+        # Nothing answered: say what to do (unless the library already did).
+        if type(exc) in (EtcdConnectionError, EtcdTimeout) and "etcdmap serve" not in message:
+            message += NO_ETCD_HINT
+        _error(message)
+        return EXIT_ETCD
+    except RecursionError:  # a tree of keys too deep to draw or print
+        _error("the data is nested too deeply to show")
         return EXIT_ETCD
     except KeyboardInterrupt:
         if args.command == "watch":

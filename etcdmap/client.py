@@ -7,7 +7,9 @@ mappings.  Keys and values are ``str`` (UTF-8) or ``bytes``: what goes in as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import re
 import time
@@ -19,7 +21,7 @@ import requests
 
 from ._classic import ClassicMixin, like
 from ._transport import Transport
-from .errors import EtcdError, EtcdUnavailable
+from .errors import EtcdCompacted, EtcdError, EtcdProtocolError, EtcdUnavailable
 from .lease import Lease
 from .ops import (
     ALL_KEYS,
@@ -36,6 +38,7 @@ from .ops import (
 )
 from .parse import (
     guarded,
+    header_revision,
     parse_delete,
     parse_keepalive,
     parse_lease_grant,
@@ -91,6 +94,30 @@ def go_duration(text: str) -> float:
     return sum(float(n) * _UNIT[u] for n, u in parts)
 
 
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as seconds, or the ``TypeError``/``ValueError`` that names ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        kind = "a finite number of seconds >= 0" if zero else "a finite positive number of seconds"
+        raise ValueError(f"{name} must be {kind}, not {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` as a positive count, or the ``TypeError``/``ValueError`` that names ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+    return value
+
+
+def _check_optional_str(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+
+
 def _env_credentials(username: str | None, password: str | None) -> tuple[str, str] | None:
     if username is None:
         user = os.environ.get("ETCDCTL_USER")
@@ -140,8 +167,17 @@ class EtcdClient(ClassicMixin):
         if timeout is None:
             dial = env.get("ETCDCTL_DIAL_TIMEOUT")
             timeout = go_duration(dial) if dial else 5.0
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        timeout = check_seconds("timeout", timeout)
+        if retry_deadline is not None:
+            retry_deadline = check_seconds("retry_deadline", retry_deadline, zero=True)
+        max_txn_ops = check_count("max_txn_ops", max_txn_ops)
+        for name, value in (("username", username), ("password", password),
+                            ("ca_cert", ca_cert), ("cert", cert), ("key", key),
+                            ("ssl_cert", ssl_cert), ("ssl_key", ssl_key)):
+            _check_optional_str(name, value)
+        if not isinstance(verify, bool):
+            raise TypeError(f"verify must be a bool (ca_cert= names a CA file), "
+                            f"not {type(verify).__name__}")
         ca_cert = ca_cert or env.get("ETCDCTL_CACERT")
         if cert or ssl_cert:  # an explicit certificate never pairs with the env's key
             cert, key = cert or ssl_cert, key or ssl_key
@@ -154,16 +190,26 @@ class EtcdClient(ClassicMixin):
         self._sync_due = auto_sync  # the first request learns the cluster's members
         self._last_sync = 0.0
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
+        self._txn_read_safety: dict[str, bool] = {}  # endpoint -> see txn_reads
         self._transport = Transport(
             endpoints,
             timeout=timeout,
             retry_deadline=timeout if retry_deadline is None else retry_deadline,
+            # With nothing listening anywhere, wait long only if asked to.
+            dial_window=None if retry_deadline is None else retry_deadline,
             session=session,
             verify=tls_verify,
             cert=tls_cert,
             credentials=_env_credentials(username, password),
             allow_redirects=allow_redirects,
         )
+        # What a pickle carries to rebuild an equal client elsewhere: never secrets.
+        self._config: dict[str, Any] = {
+            "endpoints": list(self._transport.endpoints), "timeout": timeout,
+            "retry_deadline": retry_deadline, "ca_cert": ca_cert, "cert": cert, "key": key,
+            "verify": verify, "allow_redirects": allow_redirects, "auto_sync": auto_sync,
+            "max_txn_ops": max_txn_ops,
+        }
         if auto_sync:
             self._transport.on_endpoint_failure = self._mark_sync_due
 
@@ -182,8 +228,23 @@ class EtcdClient(ClassicMixin):
         self._transport.close()
 
     def reset_connections(self) -> None:
-        """Drop pooled connections without closing them (e.g. in a forked child)."""
+        """Drop pooled connections without closing them.
+
+        Never needed after ``os.fork()``: every call notices a new process and
+        uses connections of its own.
+        """
         self._transport.reset()
+
+    def __reduce__(self) -> Any:
+        # Endpoints, timeouts and TLS file paths travel; the user and password
+        # never do: the rebuilt client takes them from ETCDCTL_USER/PASSWORD.
+        return (_rebuild, (dict(self._config),))
+
+    def __copy__(self) -> EtcdClient:
+        return self  # a client is a connection, like a socket: copies share it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EtcdClient:
+        return self
 
     def __repr__(self) -> str:
         return f"EtcdClient(endpoints={self._transport.endpoints!r})"
@@ -202,10 +263,12 @@ class EtcdClient(ClassicMixin):
     # -- the v3 KV API ----------------------------------------------------------
 
     def _rpc(self, path: str, body: dict[str, Any], parse: Callable[[Mapping[str, Any]], T], *,
-             idempotent: bool, endpoint: str | None = None) -> T:
+             idempotent: bool, endpoint: str | None = None, timeout: float | None = None,
+             deadline: float | None = None) -> T:
         if self._sync_due:
             self._auto_sync_now()
-        reply = self._transport.call(path, body, idempotent=idempotent, endpoint=endpoint)
+        reply = self._transport.call(path, body, idempotent=idempotent, endpoint=endpoint,
+                                     timeout=timeout, deadline=deadline)
         return guarded(parse, reply, path)
 
     def _mark_sync_due(self) -> None:
@@ -237,10 +300,9 @@ class EtcdClient(ClassicMixin):
     ) -> RangeResponse:
         """Keys ``key``, or ``[key, range_end)``, or every key starting with ``key``."""
         k, end = self._span(key, range_end, prefix)
-        req = Range(k, end, limit=limit, revision=revision, keys_only=keys_only,
-                    count_only=count_only, serializable=serializable,
-                    sort_order=sort_order, sort_target=sort_target)
-        return self._rpc("/v3/kv/range", req.to_wire(), parse_range, idempotent=True)
+        return self._read(Range(k, end, limit=limit, revision=revision, keys_only=keys_only,
+                                count_only=count_only, serializable=serializable,
+                                sort_order=sort_order, sort_target=sort_target))
 
     def range_iter(
         self,
@@ -305,7 +367,63 @@ class EtcdClient(ClassicMixin):
         """Run ``success`` if every compare holds, else ``failure``, atomically."""
         body = Txn(compare, success, failure).to_wire()
         read_only = all(isinstance(op, Range) for op in (*success, *failure))
-        return self._rpc("/v3/kv/txn", body, parse_txn, idempotent=read_only)
+        resp = self._rpc("/v3/kv/txn", body, parse_txn, idempotent=read_only)
+        _check_txn(resp, success if resp.succeeded else failure)
+        return resp
+
+    @property
+    def txn_reads(self) -> bool:
+        """Whether several ranges are read as one read-only transaction (else one by one).
+
+        etcd 3.5.0 to 3.5.6 crash (etcd-io/etcd#14110, #14891) when a client
+        gives up on a read-only transaction, as a client with a timeout does;
+        with those members reads go one range at a time, pinned to one
+        revision.  Asked of each member once (``GET /version``).
+        """
+        endpoint = self._transport.endpoint
+        safe = self._txn_read_safety.get(endpoint)
+        if safe is None:
+            try:
+                version = self._transport.get("/version", endpoint).get("etcdserver", "")
+            except EtcdError:
+                return False  # ask again next time
+            safe = self._txn_read_safety[endpoint] = not _txn_read_crashes(str(version))
+        return safe
+
+    def range_many(self, ranges: Sequence[Range]) -> list[RangeResponse]:
+        """The answers to ``ranges``, all read at one revision, in as few requests as is safe.
+
+        Read-only transactions of up to ``max_txn_ops`` ranges where the member
+        handles those safely (see :attr:`txn_reads`); else one range after
+        another.  Later requests read at the first one's revision.
+        """
+        if not ranges:
+            return []
+        for _ in range(3):  # a compaction between the reads: read them all again
+            try:
+                return self._ranges_at_one_revision(ranges)
+            except EtcdCompacted:
+                if any(r.revision for r in ranges):
+                    raise  # the caller's own revision is gone
+        raise EtcdCompacted("ranges kept being compacted while they were read")
+
+    def _ranges_at_one_revision(self, ranges: Sequence[Range]) -> list[RangeResponse]:
+        out: list[RangeResponse] = []
+        revision = 0
+        step = self.max_txn_ops if len(ranges) > 1 and self.txn_reads else 1
+        for i in range(0, len(ranges), step):
+            batch = [dataclasses.replace(r, revision=r.revision or revision)
+                     for r in ranges[i:i + step]]
+            if step == 1:
+                out.append(self._read(batch[0]))
+            else:
+                out += [r for r in self.txn(success=batch).responses
+                        if isinstance(r, RangeResponse)]
+            revision = revision or out[-1].revision
+        return out
+
+    def _read(self, req: Range) -> RangeResponse:
+        return self._rpc("/v3/kv/range", req.to_wire(), parse_range, idempotent=True)
 
     def compact(self, revision: int, *, physical: bool = False) -> None:
         """Discard the history before ``revision``."""
@@ -335,16 +453,23 @@ class EtcdClient(ClassicMixin):
         body: dict[str, Any] = {"TTL": ttl}
         if lease_id:
             body["ID"] = lease_id
-        return self._rpc("/v3/lease/grant", body, parse_lease_grant, idempotent=False)
+        # Safe to retry without an ID: a grant that did apply leaves an unused
+        # lease, which expires by itself.
+        return self._rpc("/v3/lease/grant", body, parse_lease_grant, idempotent=not lease_id)
 
-    def lease_revoke(self, lease_id: int) -> None:
-        """Revoke a lease; its keys are deleted at once."""
-        self._rpc("/v3/lease/revoke", {"ID": lease_id}, _ignore, idempotent=True)
+    def lease_revoke(self, lease_id: int) -> int:
+        """Revoke a lease; its keys are deleted at once.  The revision that did it."""
+        return self._rpc("/v3/lease/revoke", {"ID": lease_id}, header_revision, idempotent=True)
 
-    def lease_keepalive_once(self, lease_id: int) -> int:
-        """Refresh a lease; the new TTL, or 0 when the lease is gone."""
+    def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None,
+                             deadline: float | None = None) -> int:
+        """Refresh a lease; the new TTL, or 0 when the lease is gone.
+
+        ``timeout`` bounds each attempt and ``deadline`` the failovers (by
+        default the client's own).
+        """
         return self._rpc("/v3/lease/keepalive", {"ID": lease_id}, parse_keepalive,
-                         idempotent=True)
+                         idempotent=True, timeout=timeout, deadline=deadline)
 
     def lease_time_to_live(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
         """A lease's remaining TTL (-1 when it is gone) and, optionally, its keys."""
@@ -422,3 +547,30 @@ class EtcdClient(ClassicMixin):
         lease = Lease(self, ttl, keepalive=keepalive, on_expired=on_expired)
         self._leases.add(lease)
         return lease
+
+
+_REPLY_OF = {Range: RangeResponse, Put: PutResponse, Delete: DeleteRangeResponse, Txn: TxnResponse}
+
+
+def _check_txn(resp: TxnResponse, ops: Sequence[Op]) -> None:
+    """A txn reply holds one response per op of the branch that ran, of the right kind."""
+    if len(resp.responses) != len(ops) or any(
+            not isinstance(r, _REPLY_OF[type(op)])
+            for r, op in zip(resp.responses, ops, strict=True)):
+        raise EtcdProtocolError(
+            f"a transaction of {len(ops)} ops got {len(resp.responses)} answers "
+            "that do not match them")
+
+
+def _txn_read_crashes(version: str) -> bool:
+    """Whether an etcd server of ``version`` can crash on an abandoned read-only txn."""
+    parts = re.findall(r"\d+", version)[:3]
+    if len(parts) < 3:
+        return True  # unknown: be careful
+    major, minor, patch = (int(p) for p in parts)
+    return (major, minor) == (3, 5) and patch <= 6
+
+
+def _rebuild(config: dict[str, Any]) -> EtcdClient:
+    """An :class:`EtcdClient` from a pickle."""
+    return EtcdClient(**config)

@@ -7,7 +7,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import EtcdCodecError
 
-__all__ = ["BytesCodec", "Codec", "JSONCodec", "StrCodec", "decode_or_raw", "get_codec"]
+__all__ = [
+    "BytesCodec", "Codec", "JSONCodec", "StrCodec",
+    "decode_or_raw", "decode_value", "encode_value", "get_codec",
+]
 
 
 @runtime_checkable
@@ -66,15 +69,16 @@ class JSONCodec:
         try:
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False).encode("utf-8")
-        except ValueError as exc:
-            raise TypeError(f"cannot store {value!r} as JSON: {exc}") from exc
+        except (ValueError, RecursionError, UnicodeEncodeError) as exc:
+            raise TypeError(f"cannot store this {type(value).__name__} as JSON: "
+                            f"{type(exc).__name__}") from None
 
     def decode(self, data: bytes) -> Any:
         """The JSON value."""
         try:
             return json.loads(data)
-        except ValueError as exc:
-            raise EtcdCodecError("stored value is not valid JSON") from exc
+        except (ValueError, RecursionError) as exc:
+            raise EtcdCodecError(f"stored value is not valid JSON: {exc}") from None
 
 
 _NAMED: dict[str, type[StrCodec | BytesCodec | JSONCodec]] = {
@@ -95,12 +99,46 @@ def get_codec(codec: str | Codec) -> Codec:
     raise TypeError("codec must be a name or an object with encode() and decode()")
 
 
-def decode_or_raw(codec: Codec, data: bytes) -> Any:
+def _name(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def decode_value(codec: Codec, data: bytes, key: bytes) -> Any:
+    """``codec.decode(data)``; whatever a codec raises is :class:`EtcdCodecError` naming ``key``."""
+    try:
+        return codec.decode(data)
+    except Exception as exc:  # a custom codec may raise anything, RecursionError included
+        detail = str(exc) if isinstance(exc, EtcdCodecError) else f"{type(exc).__name__}: {exc}"
+        raise EtcdCodecError(f"cannot decode the value of {_name(key)!r}: {detail}",
+                             key=_name(key)) from exc
+
+
+def encode_value(codec: Codec, value: Any, key: bytes) -> bytes:
+    """``codec.encode(value)`` as ``bytes``.
+
+    ``TypeError`` (a value the codec does not store) passes through, as from a
+    dict that refuses a key; any other failure is :class:`EtcdCodecError`
+    naming ``key``.  Nothing has been written when either is raised.
+    """
+    try:
+        data = codec.encode(value)
+    except TypeError:
+        raise
+    except Exception as exc:
+        raise EtcdCodecError(f"cannot encode the value for {_name(key)!r}: "
+                             f"{type(exc).__name__}: {exc}", key=_name(key)) from exc
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EtcdCodecError(f"the codec encoded the value for {_name(key)!r} as "
+                             f"{type(data).__name__}, not bytes", key=_name(key))
+    return bytes(data)
+
+
+def decode_or_raw(codec: Codec, data: bytes, key: bytes = b"") -> Any:
     """``codec.decode(data)``, or ``data`` itself when the codec cannot read it.
 
     For event streams, where one undecodable value must not stop the rest.
     """
     try:
-        return codec.decode(data)
+        return decode_value(codec, data, key)
     except EtcdCodecError:
         return data

@@ -7,10 +7,13 @@ code written for dicts and sockets catch what it already expects::
     ├── EtcdKeyError (KeyError)                 the key is absent, nothing else
     ├── EtcdConnectionError (ConnectionError)   no answer from any endpoint
     │   ├── EtcdTimeout (TimeoutError)          ... within the timeout
+    │   ├── EtcdTLSError                        TLS refused: a certificate problem
     │   └── EtcdIndeterminateWrite              a write may or may not have applied
     ├── EtcdProtocolError                       a body the gateway should not send
-    ├── EtcdCodecError (ValueError)             a stored value the codec cannot read
+    ├── EtcdCodecError (ValueError)             a value the codec cannot read or write
+    ├── EtcdClosed (ValueError)                 the object was closed
     ├── EtcdCompareFailed                       a compare-and-swap was refused
+    ├── EtcdConflict                            a compare-and-swap kept losing races
     ├── EtcdPartialWrite                        a chunked write stopped half-way
     ├── EtcdLeaseExpired                        a kept-alive lease lapsed
     ├── EtcdWatchError                          a watch ended abnormally
@@ -32,9 +35,11 @@ from collections.abc import Sequence
 
 __all__ = [
     "EtcdAuthError",
+    "EtcdClosed",
     "EtcdCodecError",
     "EtcdCompacted",
     "EtcdCompareFailed",
+    "EtcdConflict",
     "EtcdConnectionError",
     "EtcdError",
     "EtcdIndeterminateWrite",
@@ -49,6 +54,7 @@ __all__ = [
     "EtcdQuotaExceeded",
     "EtcdRequestTooLarge",
     "EtcdServerError",
+    "EtcdTLSError",
     "EtcdTimeout",
     "EtcdUnavailable",
     "EtcdWatchError",
@@ -76,6 +82,13 @@ class EtcdTimeout(EtcdConnectionError, TimeoutError):
     """No answer within the timeout."""
 
 
+class EtcdTLSError(EtcdConnectionError):
+    """TLS could not be set up: a certificate was refused or is not trusted.
+
+    A configuration problem, not an outage: it is not retried on the same member.
+    """
+
+
 class EtcdIndeterminateWrite(EtcdConnectionError):
     """A write failed in a way that leaves unknown whether it was applied.
 
@@ -88,11 +101,23 @@ class EtcdProtocolError(EtcdError):
 
 
 class EtcdCodecError(EtcdError, ValueError):
-    """A stored value that the mapping's codec cannot decode."""
+    """A value the mapping's codec cannot decode (or encode); ``key`` names its etcd key."""
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class EtcdClosed(EtcdError, ValueError):
+    """The watch, cache, lease or client was closed (like I/O on a closed file)."""
 
 
 class EtcdCompareFailed(EtcdError):
     """A compare-and-swap found a different value than expected."""
+
+
+class EtcdConflict(EtcdError):
+    """A compare-and-swap lost to other writers every time it was retried."""
 
 
 class EtcdPartialWrite(EtcdError):

@@ -1,19 +1,30 @@
 """Leases kept alive by a daemon thread, that say so when they die.
 
-A :class:`Lease` refreshes itself about every ``ttl / 3`` seconds.  When the
-server reports it gone, or refreshing fails until its last known expiry has
-passed, it is marked expired: :meth:`Lease.check` then raises
+A :class:`Lease` refreshes itself about every ``ttl / 3`` seconds.  Each
+refresh is bounded by the time the lease has left: a member that stalls is
+given a third of it, then the next member is asked, so a lease lapses only
+when no member could refresh it within its TTL.  When the server reports it
+gone, or refreshing fails until its last known expiry has passed, it is
+marked expired: :meth:`Lease.check` then raises
 :class:`~etcdmap.errors.EtcdLeaseExpired` and ``on_expired`` is called once.
+
+The keepalive thread holds the lease only weakly: a lease that is dropped
+without :meth:`~Lease.close` or :meth:`~Lease.revoke` stops being refreshed
+(with a ``ResourceWarning``) and lapses after its TTL.  In a forked child the
+keepalive restarts the first time the lease is used there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import EtcdError, EtcdLeaseExpired, EtcdLeaseNotFound
 
@@ -23,6 +34,23 @@ if TYPE_CHECKING:
 __all__ = ["Lease"]
 
 log = logging.getLogger(__name__)
+_MIN_ATTEMPT = 0.2  # seconds: the shortest a refresh attempt may wait for an answer
+
+
+def _keep_alive(ref: weakref.ref[Lease], stop: threading.Event) -> None:
+    """The keepalive loop; it only holds the lease while refreshing it."""
+    lease = ref()
+    interval = lease.ttl / 3.0 if lease is not None else 0.0
+    del lease
+    while not stop.wait(max(interval, 0.1)):
+        lease = ref()
+        if lease is None:
+            return
+        next_interval = lease._refresh_in_background()
+        del lease
+        if next_interval is None:
+            return
+        interval = next_interval
 
 
 class Lease:
@@ -44,22 +72,38 @@ class Lease:
         self._expires = time.monotonic() + grant.ttl  # last known expiry
         self._expired = threading.Event()
         self._expiry_lock = threading.Lock()
+        self._keepalive = keepalive
         self._stop = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
         if keepalive:
-            self._thread = threading.Thread(target=self._keepalive, daemon=True,
-                                            name=f"etcdmap-lease-{self.id:x}")
-            self._thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=_keep_alive, args=(weakref.ref(self), self._stop),
+                                        daemon=True, name=f"etcdmap-lease-{self.id:x}")
+        self._thread.start()
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            # The parent keeps refreshing its copy; this process refreshes its own.
+            self._pid = os.getpid()
+            self._expiry_lock = threading.Lock()
+            self._stop = threading.Event()
+            if self._keepalive and not self._closed and not self._expired.is_set():
+                self._start()
 
     def __repr__(self) -> str:
-        state = "expired" if self.expired else "alive"
+        state = "expired" if self._expired.is_set() else "alive"
         return f"<Lease {self.id:x} ttl={self.ttl} {state}>"
 
     @property
     def expired(self) -> bool:
         """Whether the lease is known (or certain) to have lapsed."""
+        self._check_fork()
         if not self._expired.is_set() and time.monotonic() > self._expires:
-            self._mark_expired("its TTL passed without a successful refresh")
+            self.mark_expired("its TTL passed without a successful refresh")
         return self._expired.is_set()
 
     def check(self) -> int:
@@ -68,11 +112,15 @@ class Lease:
             raise EtcdLeaseExpired(f"lease {self.id:x} has expired")
         return self.id
 
-    def refresh(self) -> int:
-        """Refresh now; the new TTL (:class:`EtcdLeaseExpired` if the lease is gone)."""
-        ttl = self._client.lease_keepalive_once(self.id)
+    def refresh(self, *, timeout: float | None = None, deadline: float | None = None) -> int:
+        """Refresh now; the new TTL (:class:`EtcdLeaseExpired` if the lease is gone).
+
+        ``timeout`` bounds each attempt and ``deadline`` all of them (by default
+        the client's own).
+        """
+        ttl = self._client.lease_keepalive_once(self.id, timeout=timeout, deadline=deadline)
         if ttl <= 0:
-            self._mark_expired("the server no longer knows it")
+            self.mark_expired("the server no longer knows it")
             raise EtcdLeaseExpired(f"lease {self.id:x} has expired")
         self._expires = time.monotonic() + ttl
         return ttl
@@ -81,22 +129,25 @@ class Lease:
         """Seconds left according to the server (-1 when gone)."""
         return self._client.lease_time_to_live(self.id).ttl
 
-    def _keepalive(self) -> None:
-        interval = max(self.ttl / 3.0, 0.2)
-        while not self._stop.wait(interval):
-            try:
-                self.refresh()
-                interval = max(self.ttl / 3.0, 0.2)
-            except EtcdLeaseExpired:
-                return
-            except EtcdError as exc:
-                # Keep trying, faster, until the lease's last known expiry.
-                log.warning("refreshing lease %x failed: %s", self.id, type(exc).__name__)
-                if self.expired:
-                    return
-                interval = max(min(interval / 2, self._expires - time.monotonic()) / 2, 0.1)
+    def _refresh_in_background(self) -> float | None:
+        """One keepalive round: the seconds until the next one, or None to stop."""
+        left = self._expires - time.monotonic()
+        # A stalled member gets a third of what is left, then the next one is asked.
+        attempt = max(min(self._client.timeout, left / 3.0), _MIN_ATTEMPT)
+        try:
+            self.refresh(timeout=attempt, deadline=max(left - attempt, attempt))
+            return self.ttl / 3.0
+        except EtcdLeaseExpired:
+            return None
+        except EtcdError as exc:
+            # Keep trying, faster, until the lease's last known expiry.
+            log.warning("refreshing lease %x failed: %s", self.id, type(exc).__name__)
+            if self.expired:
+                return None
+            return max((self._expires - time.monotonic()) / 4.0, 0.1)
 
-    def _mark_expired(self, why: str) -> None:
+    def mark_expired(self, why: str) -> None:
+        """Record that the lease lapsed (once), and call ``on_expired``."""
         with self._expiry_lock:  # the keepalive thread and a writer may race here
             if self._expired.is_set():
                 return
@@ -110,21 +161,41 @@ class Lease:
 
     def close(self) -> None:
         """Stop refreshing (the lease then lapses after its TTL)."""
+        self._closed = True
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread() \
+                and self._pid == os.getpid():
             thread.join(timeout=5)
 
-    def revoke(self) -> None:
-        """Stop refreshing and revoke: the lease's keys are deleted at once."""
+    def revoke(self) -> int:
+        """Stop refreshing and revoke: the lease's keys are deleted at once.
+
+        The revision etcd answered at (0 if the lease was gone already).
+        """
         self.close()
+        revision = 0
         with contextlib.suppress(EtcdLeaseNotFound):  # already gone, and its keys too
-            self._client.lease_revoke(self.id)
+            revision = self._client.lease_revoke(self.id)
         if not self._expired.is_set():
             self._expired.set()  # revoked on purpose: no callback
+        return revision
 
     def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.revoke()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Lease is kept alive by this process and cannot be pickled; "
+                        "pass its id and grant or refresh it where it is needed")
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or not getattr(self, "_keepalive", False):
+            return
+        if self._pid == os.getpid() and not self._expired.is_set():
+            warnings.warn(f"unclosed {self!r} is no longer kept alive; use it as a context "
+                          "manager, or call revoke() or close()", ResourceWarning,
+                          source=self, stacklevel=2)
+        self._stop.set()

@@ -46,6 +46,8 @@ def guarded(parse: Callable[[Mapping[str, Any]], T], body: Mapping[str, Any], wh
         raise
     except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
         raise EtcdProtocolError(f"malformed {what} reply: {exc}") from exc
+    except RecursionError:
+        raise EtcdProtocolError(f"absurdly nested {what} reply") from None
 
 
 def header_revision(body: Mapping[str, Any]) -> int:

@@ -20,6 +20,7 @@ __all__ = [
     "LeaseGrant",
     "LeaseInfo",
     "Member",
+    "Node",
     "PutResponse",
     "RangeResponse",
     "SetResult",
@@ -144,6 +145,20 @@ class GetResult(Generic[K]):
     revision: int
     version: int = 0
     lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Node(Generic[K]):
+    """One child in ``list()``: a key with its value, or a directory (``value`` None).
+
+    ``revision`` is the key's last modification; for a directory, the
+    revision the listing was read at.
+    """
+
+    key: K
+    value: K | None
+    dir: bool
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ prints its endpoint on stdout, and stops it on Ctrl-C (or SIGTERM).  Without
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -23,13 +24,28 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _check_data_dir(path: str) -> None:
+    """Create ``path`` if needed; :class:`~etcdmap.cli.CliError` (exit code 2) if
+    etcd could not keep its data there."""
+    from .cli import EXIT_USAGE, CliError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"--data-dir {path}: not a directory", EXIT_USAGE)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)  # etcd wants 0700
+    except OSError as exc:  # a regular file on the way, no permission, ...
+        raise CliError(f"--data-dir {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise CliError(f"--data-dir {path}: permission denied", EXIT_USAGE)
+
+
 def serve(*, data_dir: str | None = None, port: int = 2379, name: str = "etcdmap",
           say: Callable[[str], None] | None = None) -> int:
     """Run etcd on ``127.0.0.1:port`` (peer port ``port + 1``; ``0``: free ports)
     until interrupted; the exit code (0 after Ctrl-C or SIGTERM).
 
-    Raises :class:`etcdmap.cli.CliError` (exit code 3) when etcd cannot start
-    or stops by itself.
+    Raises :class:`etcdmap.cli.CliError`: exit code 2 for a port or data
+    directory that cannot be used, 3 when etcd cannot start or stops by itself.
     """
     from .cli import EXIT_ETCD, EXIT_USAGE, CliError
 
@@ -41,6 +57,8 @@ def serve(*, data_dir: str | None = None, port: int = 2379, name: str = "etcdmap
 
     if not 0 <= port <= 65534:
         raise CliError(f"--port must be between 0 and 65534, not {port}", EXIT_USAGE)
+    if data_dir is not None:
+        _check_data_dir(data_dir)
     # Explicitly: a shell starts background jobs with SIGINT ignored.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

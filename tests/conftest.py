@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,25 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("etcd"), max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "etcd"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_temporary_directory_left_behind() -> Iterator[None]:
+    """Every directory made with ``tempfile.mkdtemp`` in this process is gone by the end."""
+    made: list[str] = []
+    original = tempfile.mkdtemp
+
+    def mkdtemp(*args: Any, **kwargs: Any) -> str:
+        path = original(*args, **kwargs)
+        made.append(path)
+        return path
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "mkdtemp", mkdtemp)
+        yield
+    gc.collect()  # an unreferenced EtcdServer removes its data directory when collected
+    left = [path for path in made if os.path.exists(path)]
+    assert not left, f"the tests left temporary directories behind: {left}"
 
 
 def http_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:

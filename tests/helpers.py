@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from etcdmap import Event, Watcher
+import pytest
+
+from etcdmap import EtcdClient, Event, Watcher
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str = "true") -> float:
@@ -33,3 +40,122 @@ def collect(watcher: Watcher[Any], count: int, timeout: float = 5,
     extra = watcher.next_event(quiet)
     assert extra is None, f"an unexpected (repeated?) event: {extra}"
     return events
+
+
+def url_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The full URL of every HTTP(S) request ``client`` sends from now on (retries included)."""
+    log: list[str] = []
+    session = client._transport.session
+    for adapter in {id(a): a for a in map(session.get_adapter, ("http://", "https://"))}.values():
+        original = adapter.send
+
+        def send(request: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            log.append(request.url)
+            return _original(request, *args, **kwargs)
+
+        monkeypatch.setattr(adapter, "send", send)
+    return log
+
+
+def reads_in_txns(client: EtcdClient) -> bool:
+    """Whether ``client`` reads many ranges in transactions (else one at a time).
+
+    One at a time from members that can crash when a client abandons a
+    read-only transaction (etcd 3.5.0-3.5.6).  Asking makes the client's one
+    ``/version`` probe of the member now, so it is not among later requests.
+    """
+    return getattr(client, "txn_reads", True)  # clients before txn_reads always used txns
+
+
+def assert_reads(log: list[str], client: EtcdClient, *, in_txns: bool, keys: int,
+                 per_key: int) -> None:
+    """``log`` read ``keys`` keys (``per_key`` ranges each) in as few requests as is safe:
+    full transactions of ``max_txn_ops`` ranges, or at most ``per_key`` ranges a key."""
+    if in_txns:
+        assert log == ["/v3/kv/txn"] * -(-keys * per_key // client.max_txn_ops), log
+    else:
+        assert set(log) <= {"/v3/kv/range"} and keys <= len(log) <= keys * per_key, log
+
+
+def blocked_in(thread: threading.Thread, function: Callable[..., Any]) -> bool:
+    """Whether ``thread`` is inside ``function`` and waiting on a condition or event."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None or (frame.f_code.co_name, frame.f_code.co_filename) != (
+            "wait", threading.__file__):
+        return False
+    while frame is not None:
+        if frame.f_code is function.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def once_watching(client: EtcdClient, monkeypatch: pytest.MonkeyPatch,
+                  action: Callable[[], object]) -> threading.Thread:
+    """A started thread that runs ``action`` once ``client``'s next watch is established.
+
+    The server confirmed the watch before ``action`` runs, so a change that
+    ``action`` makes cannot be missed by the watch, nor race its set-up.
+    """
+    established = threading.Event()
+    original = client.watch_iter
+
+    def watch_iter(*args: Any, **kwargs: Any) -> Watcher[Any]:
+        watcher = original(*args, **kwargs)
+        if watcher.wait_created(30):
+            established.set()
+        return watcher
+
+    monkeypatch.setattr(client, "watch_iter", watch_iter)
+
+    def run() -> None:
+        if established.wait(30):
+            action()
+
+    thread = threading.Thread(target=run, name="once-watching")
+    thread.start()
+    return thread
+
+
+class CountingRelay:
+    """A TCP relay to ``target`` (a URL) that counts the connections made through it."""
+
+    def __init__(self, target: str) -> None:
+        url = urlsplit(target)
+        self._target = (url.hostname or "127.0.0.1", url.port or 2379)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"{url.scheme}://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self._socks: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True, name="relay").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            upstream.settimeout(None)
+            self._socks += [conn, upstream]
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -27,6 +27,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from helpers import wait_until
+from test_watch_resume import Relay
 
 from etcdmap import (
     EtcdAuthError,
@@ -290,6 +292,44 @@ def test_a_watch_outside_the_role_raises_permission_error(simple_auth: str) -> N
         with client.watch_iter("other/key") as watcher:
             watcher.next_event(timeout=10)
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.timeout(60)
+def test_a_watch_that_reconnects_with_an_expired_jwt_renews_it_and_resumes(
+        jwt_auth: str) -> None:
+    # etcd cancels a watch made with an expired token with "permission denied"
+    # (etcd-io/etcd#12385), not "invalid auth token": renew once and go on.
+    relay = Relay(jwt_auth)
+    key = unique("jwt-watch")
+    try:
+        with EtcdClient(relay.endpoint, username="alice", password=PASSWORDS["alice"],
+                        timeout=5) as client, client.watch_iter(key) as watcher:
+            stale = client._transport._token
+            assert stale
+            wait_until(lambda: post(jwt_auth, "/v3/kv/range", {"key": b64(key)},
+                                    stale).status_code == 401, 10, "the JWT expired")
+            relay.cut()  # the watch reconnects, with the expired token
+            put = post(jwt_auth, "/v3/kv/put", {"key": b64(key), "value": b64("after")},
+                       token_of(jwt_auth, "alice"))
+            assert put.status_code == 200, put.text
+            event = watcher.next_event(timeout=10)
+            assert client._transport._token != stale
+    finally:
+        relay.close()
+    assert event is not None and (event.key, event.value) == (key, "after")
+
+
+def test_a_watch_as_the_first_call_with_a_wrong_password_raises_auth_error_at_once(
+        simple_auth: str) -> None:
+    started = time.monotonic()
+    with EtcdClient(simple_auth, username="alice", password="wrong", timeout=5) as client, \
+            pytest.raises(EtcdAuthError) as info:
+        client.watch_iter(unique("watch"))
+    # Not "watch not established" after the 5 s timeout: the login failed, say so.
+    assert time.monotonic() - started < 3
+    assert "authentication failed" in str(info.value) and "wrong" not in str(info.value)
+    assert not [t for t in threading.enumerate()
+                if t.name == "etcdmap-watch" and t.is_alive()], "a watch thread lives on"
 
 
 def test_lease_keepalive_with_auth(simple_auth: str) -> None:

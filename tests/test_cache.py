@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import blocked_in, wait_until
 
 from etcdmap import EtcdClient, EtcdError, EtcdKeyError, EtcdMapping, Event
 from etcdmap.cache import CachedMapping
@@ -448,23 +449,28 @@ def test_wait_for_a_future_revision_times_out(cache: CachedMapping) -> None:
 
 def test_wait_for_blocks_until_the_revision_arrives(
         cache: CachedMapping, etcd_endpoint: str, etcd_prefix: str) -> None:
-    written: list[int] = []
-
-    def later() -> None:
-        time.sleep(0.3)
-        with EtcdClient(etcd_endpoint) as other:
-            written.append(other.put(f"{etcd_prefix}/late", "1").revision)
-
+    # The put is made only once the waiter is blocked inside wait_for, and the
+    # waiter records what the cache shows the moment wait_for returns.
     target = cache.revision + 1
-    thread = threading.Thread(target=later)
-    thread.start()
+    returned: list[tuple[bool, Any]] = []
+
+    def wait() -> None:
+        ok = cache.wait_for(target, WAIT)
+        returned.append((ok, cache.get("late")))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
     try:
+        wait_until(lambda: blocked_in(waiter, CachedMapping.wait_for) or not waiter.is_alive(),
+                   WAIT, "waiting")
+        assert not returned, f"wait_for returned before revision {target} existed: {returned}"
         assert "late" not in cache
-        assert cache.wait_for(target, WAIT)
-        assert cache["late"] == "1"
+        with EtcdClient(etcd_endpoint) as other:
+            written = other.put(f"{etcd_prefix}/late", "1").revision
     finally:
-        thread.join()
-    assert written == [target]
+        waiter.join(WAIT + 5)
+    assert written == target
+    assert returned == [(True, "1")]
 
 
 def test_wait_for_a_revision_that_changed_nothing_under_the_prefix(
@@ -542,12 +548,14 @@ def test_on_change_gets_a_transaction_as_one_call(
     calls: list[list[Event[Any]]] = []
     cache = caches(m, on_change=calls.append)
     cache["db"] = "leaf"  # deletes two keys and puts one, in one txn
-    eventually(lambda: bool(calls), "on_change was not called")
-    time.sleep(0.2)
-    assert len(calls) == 1
+    after = m.client.put(f"{m.prefix}later", "x").revision
+    eventually(lambda: len(calls) >= 2, "on_change was not called twice")
+    # The txn was one call, and the next call is already the next write's.
     assert sorted((e.type, e.key) for e in calls[0]) == [
         ("DELETE", "db/host"), ("DELETE", "db/port"), ("PUT", "db")]
     assert len({e.revision for e in calls[0]}) == 1
+    assert [(e.key, e.revision) for e in calls[1]] == [("later", after)]
+    assert len(calls) == 2
 
 
 def test_a_failing_on_change_does_not_stop_the_cache(

@@ -1,17 +1,15 @@
 """``CachedMapping`` against a plain nested ``dict``, with a second writer, driven by hypothesis.
 
-The machine writes through the cache (which must show each write as soon as
-it returns: read-your-writes) and through a second, uncached ``EtcdMapping``
-on its own client over the same prefix (which the cache shows once
-``wait_for`` reaches that write's revision).  One rule runs both writers at
-once.  Whenever the machine is synced, the cache, the uncached mapping and
-the model agree.
+The machine is :class:`machines.MappingMachine` (every rule the plain
+mapping's machine runs, through the cache) plus a second, uncached
+``EtcdMapping`` on its own client over the same prefix.  The cache must show
+each of its own writes as soon as the write returns (read-your-writes, checked
+before any wait), and another client's write once ``wait_for`` reaches that
+write's revision.  One rule runs both writers at once.  After every step the
+cache, the uncached mapping and the model agree.
 
-The model is the nested dict a mapping claims to be: path keys address nested
-dicts, a scalar replaces a subtree, a path through a scalar replaces it by a
-dict, and empty dicts do not exist.  Keys come from three segments at depth
-1-3, so leaves and subtrees collide often.  Every example runs on a fresh
-prefix under the test's ``etcd_prefix``, with a fresh cache.
+Every example runs on a fresh prefix under the test's ``etcd_prefix``, with a
+fresh cache.
 """
 
 from __future__ import annotations
@@ -26,14 +24,9 @@ from typing import Any
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
-from nested_model import MISSING, assign, lookup, prune, remove
+from hypothesis.stateful import invariant, rule, run_state_machine_as_test
+from machines import NO_DEFAULT, SEGMENTS, MappingMachine, keys, scalars, segments, values
+from nested_model import MISSING, assign, lookup, remove
 
 from etcdmap import EtcdClient, EtcdMapping
 from etcdmap.cache import CachedMapping
@@ -64,27 +57,13 @@ class RecordingMapping(EtcdMapping):
         return resp
 
 
-# -- strategies ------------------------------------------------------------------------------
-
-SEGMENTS = ["a", "b", "c"]
-segments = st.sampled_from(SEGMENTS)
-keys = st.lists(segments, min_size=1, max_size=3).map("/".join)
-scalars = st.sampled_from(["", "0", "1", "é"])
-trees = st.dictionaries(
-    segments, st.one_of(scalars, st.dictionaries(segments, scalars, max_size=2)), max_size=3)
-values = st.one_of(scalars, trees)
-PROBES = ["a", "b", "c", "a/b", "b/c", "c/a/b", "a/a/a"]
-NO_DEFAULT = "<default>"
-
-
-class CacheMachine(RuleBasedStateMachine):
+class CacheMachine(MappingMachine):
     def __init__(self, cached: CachedMapping, other: RecordingMapping,
                  closing: list[threading.Thread]):
-        super().__init__()
+        super().__init__(cached)
         self.cached = cached
         self.closing = closing
         self.other = other
-        self.model: dict[str, Any] = {}
         self.revision = cached.revision
         self.pool: ThreadPoolExecutor | None = None
 
@@ -98,13 +77,13 @@ class CacheMachine(RuleBasedStateMachine):
         closer.start()
         self.closing.append(closer)
 
-    def mine(self, key: str, value: Any) -> None:
-        """The model after the cache's own write: the cache shows it already."""
-        self.model = assign(self.model, key, value)
-        self.shows_the_model()
-
-    def shows_the_model(self) -> None:
+    def wrote(self) -> None:
+        # Read-your-writes: the cache shows its own write as soon as it returns.
         assert self.cached.to_dict() == self.model
+
+    def wrote_through_a_view(self) -> None:
+        # Views derived from the cache (submapping()) keep read-your-writes too.
+        self.wrote()
 
     def catch_up(self) -> None:
         """Wait until the cache shows the second writer's last write."""
@@ -112,102 +91,6 @@ class CacheMachine(RuleBasedStateMachine):
             assert self.cached.wait_for(self.other.last_write, WAIT), (
                 f"the cache is stuck at {self.cached.revision}, "
                 f"the other write was at {self.other.last_write}")
-
-    # -- writes through the cache ------------------------------------------------------------
-
-    @rule(key=keys, value=scalars)
-    def set_scalar(self, key: str, value: str) -> None:
-        self.cached[key] = value
-        self.mine(key, value)
-
-    @rule(key=keys, tree=trees)
-    def set_tree(self, key: str, tree: dict[str, Any]) -> None:
-        self.cached[key] = tree
-        self.mine(key, tree)
-
-    @precondition(lambda self: any(isinstance(v, dict) for v in self.model.values()))
-    @rule(data=st.data(), rest=keys, value=values)
-    def set_through_a_node(self, data: st.DataObject, rest: str, value: Any) -> None:
-        head = data.draw(st.sampled_from(sorted(
-            k for k, v in self.model.items() if isinstance(v, dict))))
-        node = self.cached[head]
-        assert isinstance(node, CachedMapping)
-        assert node.to_dict() == self.model[head]
-        node[rest] = value
-        self.mine(f"{head}/{rest}", value)
-
-    @rule(pairs=st.lists(st.tuples(keys, values), min_size=1, max_size=4))
-    def update(self, pairs: list[tuple[str, Any]]) -> None:
-        batch = dict(pairs)
-        self.cached.update(batch)
-        for key, value in batch.items():
-            self.model = assign(self.model, key, value)
-        self.shows_the_model()
-
-    @rule()
-    def clear(self) -> None:
-        self.cached.clear()
-        self.model = {}
-        assert len(self.cached) == 0
-        self.shows_the_model()
-
-    @rule(key=keys)
-    def delitem(self, key: str) -> None:
-        expected = lookup(self.model, key)
-        try:
-            del self.cached[key]
-        except KeyError:
-            assert expected is MISSING, f"del {key!r} raised KeyError but the model has it"
-        else:
-            assert expected is not MISSING, f"del {key!r} succeeded but the model lacks it"
-            self.model = remove(self.model, key)
-        assert key not in self.cached
-        self.shows_the_model()
-
-    @rule(key=keys)
-    def pop(self, key: str) -> None:
-        expected = lookup(self.model, key)
-        got = self.cached.pop(key, NO_DEFAULT)
-        if expected is MISSING:
-            assert got == NO_DEFAULT
-        else:
-            assert got == expected
-            self.model = remove(self.model, key)
-        self.shows_the_model()
-
-    @rule()
-    def popitem(self) -> None:
-        try:
-            key, value = self.cached.popitem()
-        except KeyError:
-            assert self.model == {}
-        else:
-            assert value == self.model[key]
-            self.model = remove(self.model, key)
-        self.shows_the_model()
-
-    @rule(key=keys, default=values)
-    def setdefault(self, key: str, default: Any) -> None:
-        expected = lookup(self.model, key)
-        got = self.cached.setdefault(key, default)
-        if expected is not MISSING:
-            assert got == expected
-        else:
-            self.model = assign(self.model, key, default)
-            assert got == (prune(default) if isinstance(default, dict) else default)
-        self.shows_the_model()
-
-    @rule(data=st.data(), key=keys, new=values)
-    def replace(self, data: st.DataObject, key: str, new: Any) -> None:
-        current = lookup(self.model, key)
-        candidates = [current] if isinstance(current, str) else []
-        expected = data.draw(st.one_of(st.sampled_from(candidates), scalars) if candidates
-                             else scalars)
-        hit = current == expected
-        assert self.cached.replace(key, expected, new) is hit
-        if hit:
-            self.model = assign(self.model, key, new)
-        self.shows_the_model()
 
     # -- writes by the second, uncached writer ------------------------------------------------
 
@@ -245,13 +128,15 @@ class CacheMachine(RuleBasedStateMachine):
         self.other[key] = value
         self.model = assign(self.model, key, value)
         self.cached[mine_key] = mine_value
-        self.mine(mine_key, mine_value)
+        self.model = assign(self.model, mine_key, mine_value)
+        self.wrote()
 
     @rule(data=st.data(), mine=st.tuples(segments, keys, values), theirs=st.tuples(keys, values))
     def both_at_once(self, data: st.DataObject, mine: tuple[str, str, Any],
                      theirs: tuple[str, Any]) -> None:
         # The two writers race, on different top-level names so that either
-        # order gives the same tree.
+        # order gives the same tree (and so the same model, whichever won: the
+        # draws of later steps depend on the model only).
         head, rest, value = mine
         other_head = data.draw(st.sampled_from([s for s in SEGMENTS if s != head]))
         other_key, other_value = f"{other_head}/{theirs[0]}", theirs[1]
@@ -268,36 +153,18 @@ class CacheMachine(RuleBasedStateMachine):
         self.model = assign(self.model, other_key, other_value)
         self.catch_up()
 
-    # -- reads -------------------------------------------------------------------------------
-
-    @rule(key=keys)
-    def get(self, key: str) -> None:
-        expected = lookup(self.model, key)
-        got = self.cached.get(key, NO_DEFAULT)
-        if expected is MISSING:
-            assert got == NO_DEFAULT
-            assert key not in self.cached
-        else:
-            assert got == expected
-            assert isinstance(got, CachedMapping) == isinstance(expected, dict)
-            assert key in self.cached
+    # -- what only a cache (or two clients) can show ------------------------------------------
 
     @invariant()
-    def agrees_with_the_model(self) -> None:
-        cached, model = self.cached, self.model
-        assert cached.to_dict() == model
-        assert cached == model
-        assert len(cached) == len(model)
-        assert sorted(cached) == sorted(model)
-        assert json.loads(json.dumps(cached)) == model
-        for key in PROBES:
-            expected = lookup(model, key)
-            assert (key in cached) == (expected is not MISSING), key
-            got = cached.get(key, NO_DEFAULT)
+    def is_a_dict_that_agrees_with_etcd(self) -> None:
+        assert json.loads(json.dumps(self.cached)) == self.model
+        for key in self.probes:  # from memory: as cheap as the dict it is
+            expected = lookup(self.model, key)
+            got = self.cached.get(key, NO_DEFAULT)
             assert got == (NO_DEFAULT if expected is MISSING else expected), key
-        assert self.other.to_dict() == model
-        assert cached.revision >= self.revision
-        self.revision = cached.revision
+        assert self.other.to_dict() == self.model
+        assert self.cached.revision >= self.revision
+        self.revision = self.cached.revision
 
 
 @pytest.fixture

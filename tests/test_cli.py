@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import http.server
 import json
 import os
 import pty
@@ -19,6 +20,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -117,18 +119,19 @@ def test_set_get_rm_and_their_exit_codes(ep: str, etcd_prefix: str,
     assert tree(etcd_client, p) == {}
 
 
-def test_set_replaces_a_directory_and_touches_nothing_above(
-        ep: str, etcd_prefix: str, etcd_client: EtcdClient) -> None:
+def test_set_follows_the_mapping_rules(ep: str, etcd_prefix: str,
+                                       etcd_client: EtcdClient) -> None:
     p = etcd_prefix
     etcd_client.put(f"{p}/a/x", "1")
     etcd_client.put(f"{p}/a/y", "2")
     assert run("set", f"{p}/a", "leaf", endpoint=ep).code == 0  # replaces the directory
     assert tree(etcd_client, p) == {"a": "leaf"}
-    # A value above the key stays (users may hold rights on a prefix only); the
-    # leaf wins when both exist, as in EtcdMapping.
+    # As cfg["a/b"] = "deep" would: the value at a/ goes, a nested dict cannot hold both.
     assert run("set", f"{p}/a/b", "deep", endpoint=ep).code == 0
-    assert tree(etcd_client, p) == {"a": "leaf", "a/b": "deep"}
-    assert run("get", f"{p}/a", endpoint=ep).out == "leaf\n"
+    assert tree(etcd_client, p) == {"a/b": "deep"}
+    etcd_client.put(f"{p}/a", "written by another tool")
+    assert run("set", f"{p}/a/b/c", "deeper", "--ttl", "60", endpoint=ep).code == 0
+    assert tree(etcd_client, p) == {"a/b/c": "deeper"}
     # Keys written with a leading slash are those etcd keys.
     assert run("set", f"/{p}/abs", "slash", endpoint=ep).code == 0
     assert etcd_client.get(f"/{p}/abs").value == "slash"
@@ -217,6 +220,40 @@ def test_watch_prints_json_lines_until_ctrl_c(ep: str, etcd_prefix: str,
     ]
 
 
+def test_keys_and_values_that_are_not_utf8_never_break_the_output(
+        ep: str, etcd_prefix: str, etcd_client: EtcdClient) -> None:
+    p = etcd_prefix
+    start = etcd_client.put(f"{p}/ok", "v").revision
+    etcd_client.put(f"{p}/\xff".encode("latin-1"), b"\xfe")  # written by another tool
+    assert run("ls", p, endpoint=ep) == Result(0, "ok\n\\xff\n", "")
+    assert run("ls", "-R", p, endpoint=ep).out.endswith("└── \\xff\n")
+    for command in ("get", "dump"):  # a document cannot hold them: say so
+        one_line_error(run(command, p, endpoint=ep), 3, f"{p}/\\xff", "not UTF-8 text")
+    proc = subprocess.Popen([sys.executable, "-m", "etcdmap", "watch", p, "--rev", str(start),
+                             "--endpoints", ep], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert proc.stdout is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out, err) == (0, "", "")
+    assert [(line["key"], line["value"]) for line in lines] == [
+        (f"{p}/ok", "v"), (f"{p}/\\xff", "\\xfe")]
+
+
+def test_trees_too_deep_to_show_are_one_line_errors(ep: str, etcd_prefix: str,
+                                                    etcd_client: EtcdClient) -> None:
+    etcd_client.put(etcd_prefix + "/a" * 1500, "deep")
+    for result in run_all([["dump", etcd_prefix], ["get", etcd_prefix],
+                           ["ls", "-R", etcd_prefix]], ep):
+        one_line_error(result, 3, "nested too deeply")
+    assert run("ls", etcd_prefix, endpoint=ep).out == "a/\n"
+
+
 # -- dump --------------------------------------------------------------------------------------
 
 
@@ -243,7 +280,7 @@ def test_dump_formats(ep: str, etcd_prefix: str, etcd_client: EtcdClient) -> Non
     assert run("dump", f"{p}/empty", endpoint=ep) == Result(0, "{}\n", "")
     # Two keys that make one variable name.
     etcd_client.put(f"{p}/log_level", "info")
-    one_line_error(run("dump", p, "--format", "env", endpoint=ep), 2, "LOG_LEVEL")
+    one_line_error(run("dump", p, "--format", "env", endpoint=ep), 3, "LOG_LEVEL")
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -265,7 +302,8 @@ def test_dump_then_load_replace_round_trips(ep: str, etcd_prefix: str, etcd_clie
     assert dumped.code == 0, dumped
     doc = tmp_path / f"tree.{fmt}"
     doc.write_text(dumped.out, encoding="utf-8")
-    assert run("load", dst, str(doc), "--replace", endpoint=ep) == Result(0, "", "")
+    loaded = run("load", dst, str(doc), "--replace", endpoint=ep)
+    assert loaded == Result(0, f"6 added, 1 changed, 1 removed under {dst}\n", "")
     assert tree(etcd_client, dst) == original == tree(etcd_client, src)
     assert etcd_client.get(dst).value.endswith("kept")
     again = run("dump", dst, "--format", fmt, endpoint=ep)
@@ -295,14 +333,16 @@ def test_load_merges_by_default_and_dry_run_shows_the_diff(
     assert f'- {p}/keep = "kept by a merge"' in dry_replace.out.splitlines()
     assert dry_replace.out.endswith("2 added, 1 changed, 2 removed (dry run: nothing written)\n")
     assert tree(etcd_client, p) == before  # a dry run writes nothing
-    assert run("load", p, str(doc), endpoint=ep) == Result(0, "", "")
+    assert run("load", p, str(doc), endpoint=ep) == Result(
+        0, f"2 added, 1 changed, 1 removed under {p}\n", "")
     assert tree(etcd_client, p) == {"db/host": "new-host", "db/port": "5432",
                                     "keep": "kept by a merge", "cache/size": "10",
                                     "debug": "true"}
     # From stdin, JSON by content; --replace drops what the document lacks.
     assert run("load", p, "-", "--replace", stdin='{"only": "this"}', endpoint=ep).code == 0
     assert tree(etcd_client, p) == {"only": "this"}
-    assert run("load", p, "-", "--replace", stdin="{}", endpoint=ep).code == 0
+    assert run("load", p, "-", "--replace", stdin="{}", endpoint=ep).out == (
+        f"0 added, 0 changed, 1 removed under {p}\n")
     assert tree(etcd_client, p) == {}
 
 
@@ -362,6 +402,13 @@ BAD_DOCUMENTS = [
     ('{"ok": "1", "a//b": "2"}', ["--replace"], "invalid key 'a//b'"),
     ('{"ok": "1", "": "2"}', [], "invalid key ''"),
     ('{"a": "1", "a/b": "2"}', ["--replace"], "'a' is both a value and a directory"),
+    # Checked before the first write: 300 good keys, then one that cannot be stored.
+    (json.dumps({**{f"k{i}": "v" for i in range(300)}, "z": "\ud800"}), [],
+     "the value of key 'z' is not valid UTF-8 text"),
+    (json.dumps({**{f"k{i}": "v" for i in range(300)}, "a\ud800": "v"}), ["--replace"],
+     "key 'a\\ud800' is not valid UTF-8 text"),
+    ("[" * 100000, [], "nested too deeply"),
+    ('{"a": ' * 10000 + '"x"' + "}" * 10000, [], "nested too deeply"),
 ]
 
 
@@ -386,6 +433,11 @@ def test_bad_yaml_and_missing_files(ep: str, etcd_prefix: str, etcd_client: Etcd
     one_line_error(run("load", etcd_prefix, str(path), endpoint=ep), 2, "invalid YAML")
     one_line_error(run("load", etcd_prefix, str(tmp_path / "absent.json"), endpoint=ep), 2,
                    "absent.json", "No such file")
+    deep = ["[" * 100000, "{a: " * 10000 + "x" + "}" * 10000, "a: &x\n  b: *x\n"]
+    for n, text in enumerate(deep):
+        path = tmp_path / f"deep{n}.yaml"
+        path.write_text(text, encoding="utf-8")
+        one_line_error(run("load", etcd_prefix, str(path), endpoint=ep), 2, "nested too deeply")
     assert tree(etcd_client, etcd_prefix) == {}
 
 
@@ -419,12 +471,88 @@ def test_usage_errors_exit_2_with_one_line(ep: str) -> None:
         one_line_error(result, 2)
 
 
-def test_connection_problems_exit_3(etcd_prefix: str) -> None:
+UNKNOWN_OPTIONS = [
+    ["get", "k", "--bogus"], ["--bogus", "get", "k"], ["get", "--bogus"], ["--bogus"],
+    ["set", "k", "--bogus"], ["set", "--bogus=1", "k", "v"], ["ls", "-x"],
+]
+
+
+def test_an_unknown_option_is_named_as_unknown(ep: str) -> None:
+    # argparse would report most of these as a missing KEY, VALUE or COMMAND.
+    for args, result in zip(UNKNOWN_OPTIONS, run_all(UNKNOWN_OPTIONS, ep), strict=True):
+        bogus = next(arg.split("=")[0] for arg in args if arg.startswith("-"))
+        one_line_error(result, 2, f"unknown option {bogus}")
+
+
+def test_arguments_that_are_not_utf8_are_refused(ep: str, etcd_prefix: str,
+                                                 etcd_client: EtcdClient) -> None:
+    # $'\xff' on the command line: Python hands it over as "\udcff".
+    bad = os.fsdecode(b"\xff")
+    cases = [["set", f"{etcd_prefix}/k", bad], ["set", f"{etcd_prefix}/{bad}", "v"],
+             ["get", f"{etcd_prefix}/{bad}"], ["rm", "-r", f"{etcd_prefix}/{bad}"],
+             ["load", f"{etcd_prefix}/{bad}", "-"]]
+    results = run_all(cases, ep)
+    one_line_error(results[0], 2, "VALUE is not valid UTF-8 text")
+    for result in results[1:]:
+        one_line_error(result, 2, "is not valid UTF-8 text")
+    assert tree(etcd_client, etcd_prefix) == {}
+
+
+def test_dial_timeout_takes_go_durations_like_the_client(ep: str, etcd_prefix: str,
+                                                        etcd_client: EtcdClient) -> None:
+    etcd_client.put(f"{etcd_prefix}/k", "v")
+    assert run("get", f"{etcd_prefix}/k", "--dial-timeout", "1m30s", endpoint=ep).out == "v\n"
+    assert run("get", f"{etcd_prefix}/k", env={"ETCDCTL_ENDPOINTS": ep,
+                                               "ETCDCTL_DIAL_TIMEOUT": "1m30s"}).out == "v\n"
+    one_line_error(run("get", "k", "--dial-timeout", "0s", endpoint=ep), 2, "invalid duration")
+    one_line_error(run("get", "k", env={"ETCDCTL_ENDPOINTS": ep, "ETCDCTL_DIAL_TIMEOUT": "1x"}),
+                   2, "invalid duration '1x'")
+
+
+def test_connection_problems_exit_3_and_say_what_to_do(etcd_prefix: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     cases = [["get", f"{etcd_prefix}/k"], ["set", f"{etcd_prefix}/k", "v"],
              ["ls", etcd_prefix], ["dump", etcd_prefix]]
     for result in run_all([[*args, "--dial-timeout", "500ms"] for args in cases], dead):
-        one_line_error(result, 3, "connect")
+        one_line_error(result, 3, dead, "ETCDCTL_ENDPOINTS", "`etcdmap serve`")
+
+
+class _NotEtcd(http.server.BaseHTTPRequestHandler):
+    """A web server in front of the wrong port: an HTML page, or a 404."""
+
+    def do_POST(self) -> None:
+        if self.path.startswith("/v3/kv/"):
+            status, kind, body = 501, "text/html", "<html>\n" + "<p>Not here</p>\n" * 500
+        else:
+            status, kind, body = 404, "text/plain", "404 page not found\n"
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def not_etcd() -> Iterator[str]:
+    """The URL of a local HTTP server that is not etcd."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotEtcd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_something_that_is_not_etcd_gets_one_short_line(not_etcd: str) -> None:
+    # get reads /v3/kv/range (the HTML page); lease grant is a 404 there.
+    for result in run_all([["get", "k"], ["set", "k", "v", "--ttl", "5"]], not_etcd):
+        one_line_error(result, 3, not_etcd)  # which endpoint, never the page it sent
+        assert "Not here" not in result.err and len(result.err) <= 320, result.err
 
 
 def test_flags_and_environment_follow_etcdctl(ep: str, etcd_prefix: str,
@@ -500,6 +628,12 @@ def test_tls_and_user_flags(secure: Secure) -> None:
            "ETCDCTL_CERT": secure.cert, "ETCDCTL_KEY": secure.key,
            "ETCDCTL_USER": "alice", "ETCDCTL_PASSWORD": "alice-pw"}
     assert run("dump", "app", env=env).out == '{\n  "k": "v"\n}\n'
+    # set writes through EtcdMapping("app"): alice's rights on app/ are enough to
+    # replace a value above the key, as cfg["name/sub"] = "x" does.
+    assert run("set", "app/name", "leaf", *flags, "--user", "alice:alice-pw").code == 0
+    assert run("set", "app/name/sub", "x", *flags, "--user", "alice:alice-pw").code == 0
+    assert run("dump", "app", *flags, "--user", "alice:alice-pw").out == (
+        '{\n  "k": "v",\n  "name": {\n    "sub": "x"\n  }\n}\n')
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -538,6 +672,14 @@ def test_serve_runs_etcd_until_ctrl_c(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert not _port_open(port) and not _port_open(port + 1)
     assert (data / "member").is_dir()  # --data-dir is kept
+
+
+def test_serve_refuses_an_unusable_data_dir(tmp_path: Path) -> None:
+    regular = tmp_path / "a-file"
+    regular.write_text("not a directory\n", encoding="utf-8")
+    for path, message in [(regular, "not a directory"), (regular / "data", "Not a directory")]:
+        one_line_error(run("serve", "--port", "0", "--data-dir", str(path)), 2,
+                       f"--data-dir {path}", message)
 
 
 def test_serve_reports_a_busy_port() -> None:

@@ -6,11 +6,11 @@ Every key lives under the test's own ``etcd_prefix``.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import assert_reads, once_watching, reads_in_txns
 
 from etcdmap import (
     EtcdClient,
@@ -32,13 +32,6 @@ def put_all(client: EtcdClient, base: str, **items: str) -> None:
 
 def names(resp: RangeResponse, base: str) -> list[str]:
     return [kv.key.decode()[len(base) + 1:] for kv in resp.kvs]
-
-
-def later(delay: float, action) -> threading.Thread:
-    """Run ``action`` in another thread after ``delay`` seconds."""
-    thread = threading.Timer(delay, action)
-    thread.start()
-    return thread
 
 
 # -- range -----------------------------------------------------------------------
@@ -216,6 +209,21 @@ def test_txn_version_zero_compare_means_the_key_is_absent(etcd_client, etcd_pref
     second = etcd_client.txn(absent, [Put(key, b"you")])
     assert (first.succeeded, second.succeeded) == (True, False)
     assert etcd_client.range(key).kvs[0].value == b"me"
+
+
+@pytest.mark.parametrize(("result", "holds"), [
+    ("<", [False, False, True]), (">", [True, False, False]),
+    ("==", [False, True, False]), ("!=", [True, False, True]),
+    ("LESS", [False, False, True]), ("GREATER", [True, False, False]),
+])
+def test_txn_compare_results_mean_what_they_say_to_etcd(etcd_client, etcd_prefix, result,
+                                                          holds) -> None:
+    # The key is at version 2: compared with 1, 2 and 3 (a "<" sent as GREATER fails here).
+    key = f"{etcd_prefix}/k".encode()
+    etcd_client.put(key, b"1")
+    etcd_client.put(key, b"2")
+    got = [etcd_client.txn([Compare(key, "VERSION", result, n)]).succeeded for n in (1, 2, 3)]
+    assert got == holds
 
 
 def test_txn_can_delete_and_put_atomically(etcd_client, etcd_prefix) -> None:
@@ -414,19 +422,70 @@ def test_testandset_of_an_absent_key_raises_key_error(etcd_client, etcd_prefix) 
     assert etcd_client.range(key).kvs == ()
 
 
-def test_list_returns_each_immediate_child_once(etcd_client, etcd_prefix) -> None:
+def test_list_returns_each_immediate_child_once_as_a_record(etcd_client, etcd_prefix) -> None:
     base = f"{etcd_prefix}/dir"
     for name in ("a", "b/c", "b/d", "b/e/f", "g"):
-        etcd_client.set(f"{base}/{name}", "v")
+        etcd_client.set(f"{base}/{name}", name.upper())
     etcd_client.set(f"{base}x/other", "v")
-    assert sorted(etcd_client.list(base)) == [f"{base}/a", f"{base}/b", f"{base}/g"]
-    assert sorted(etcd_client.list(base + "/")) == [f"{base}/a", f"{base}/b", f"{base}/g"]
+    listed = etcd_client.list(base)
+    read_at = etcd_client.range(base).revision
+    assert [(n.key, n.value, n.dir) for n in listed] == [
+        (f"{base}/a", "A", False), (f"{base}/b", None, True), (f"{base}/g", "G", False)]
+    assert listed[0].revision == etcd_client.get(f"{base}/a").revision
+    assert listed[1].revision == read_at  # a directory: the revision of the listing
+    assert etcd_client.list(base + "/") == listed
+
+
+def test_list_names_a_child_once_when_names_sort_between_a_leaf_and_its_subtree(
+        etcd_client, etcd_prefix) -> None:
+    # "a" < "a-b" < "a/x": the leaf and the directory "a" are not adjacent in etcd.
+    base = f"{etcd_prefix}/dir"
+    for name in ("a", "a-b", "a/x"):
+        etcd_client.set(f"{base}/{name}", "v")
+    assert [(n.key, n.dir) for n in etcd_client.list(base)] == [
+        (f"{base}/a", False), (f"{base}/a-b", False)]  # the leaf wins, as in a mapping
+
+
+def test_list_keeps_the_seeds_loop_working(etcd_client, etcd_prefix) -> None:
+    # etcd-py's README: for key in e.list("path"): print(key) -- now with the values.
+    etcd_client.set(f"{etcd_prefix}/message1", "Hello")
+    etcd_client.set(f"{etcd_prefix}/message2", 1)
+    printed = [f"{node.key}={node.value}" for node in etcd_client.list(etcd_prefix)]
+    assert printed == [f"{etcd_prefix}/message1=Hello", f"{etcd_prefix}/message2=1"]
 
 
 def test_list_of_bytes_returns_bytes(etcd_client, etcd_prefix) -> None:
     base = f"{etcd_prefix}/dir".encode()
     etcd_client.set(base + b"/a/b", b"v")
-    assert etcd_client.list(base) == [base + b"/a"]
+    etcd_client.set(base + b"/c", b"w")
+    assert [(n.key, n.value, n.dir) for n in etcd_client.list(base)] == [
+        (base + b"/a", None, True), (base + b"/c", b"w", False)]
+
+
+def test_list_pages_through_many_children(etcd_client, etcd_prefix) -> None:
+    base = f"{etcd_prefix}/many"
+    puts = [Put(f"{base}/{i:04}/x/{j}".encode(), b"v") for i in range(60) for j in range(2)]
+    for i in range(0, len(puts), 100):
+        etcd_client.txn(success=puts[i:i + 100])
+    listed = etcd_client.list(base)
+    assert [n.key for n in listed] == [f"{base}/{i:04}" for i in range(60)]
+    assert all(n.dir for n in listed)
+
+
+@pytest.mark.parametrize(("value", "stored"), [(1, "1"), (2.5, "2.5"), (True, "True")])
+def test_set_stores_a_number_as_its_str_like_etcd_py(etcd_client, etcd_prefix, value,
+                                                      stored) -> None:
+    key = f"{etcd_prefix}/n"
+    assert etcd_client.set(key, value).value == stored
+    assert etcd_client.get(key).value == stored
+    assert etcd_client.set(key.encode(), value).value == stored.encode()
+    assert etcd_client.testandset(key, value, value * 2).value == str(value * 2)
+
+
+def test_set_refuses_other_value_types(etcd_client, etcd_prefix) -> None:
+    with pytest.raises(TypeError, match="value must be str, bytes, int or float"):
+        etcd_client.set(f"{etcd_prefix}/n", [1])
+    assert etcd_client.range(f"{etcd_prefix}/n").kvs == ()
 
 
 def test_get_recursive_returns_a_flat_dict(etcd_client, etcd_prefix) -> None:
@@ -444,13 +503,51 @@ def test_get_recursive_does_not_include_a_sibling_directory(etcd_client, etcd_pr
     assert etcd_client.get_recursive(base) == {f"{base}/a": "1"}
 
 
+# -- classic calls: get_many ----------------------------------------------------------------
+
+
+def test_get_many_returns_the_present_keys_as_str_or_bytes(etcd_client, etcd_prefix,
+                                                           http_log) -> None:
+    base = f"{etcd_prefix}/many"
+    put_all(etcd_client, base, a="1", b="2", c="")
+    keys = [f"{base}/a", f"{base}/missing", f"{base}/c", f"{base}/b", f"{base}"]
+    in_txns = reads_in_txns(etcd_client)
+    http_log.clear()
+    assert etcd_client.get_many(keys) == {f"{base}/a": "1", f"{base}/b": "2", f"{base}/c": ""}
+    assert_reads(http_log, etcd_client, in_txns=in_txns, keys=len(keys), per_key=1)
+    http_log.clear()
+    assert etcd_client.get_many([k.encode() for k in keys]) == {
+        f"{base}/a".encode(): b"1", f"{base}/b".encode(): b"2", f"{base}/c".encode(): b""}
+    assert_reads(http_log, etcd_client, in_txns=in_txns, keys=len(keys), per_key=1)
+    http_log.clear()
+    assert etcd_client.get_many([]) == {}
+    assert http_log == []
+
+
+def test_get_many_of_more_keys_than_one_transaction_holds(etcd_client, etcd_prefix,
+                                                          http_log) -> None:
+    limit = etcd_client.max_txn_ops
+    present = {f"{etcd_prefix}/k{i:03}": str(i) for i in range(limit + 20)}
+    for i in range(0, len(present), limit):
+        etcd_client.txn(success=[Put(k.encode(), v.encode())
+                                 for k, v in list(present.items())[i:i + limit]])
+    wanted = [*present, *(f"{etcd_prefix}/gone{i}" for i in range(5))]
+    in_txns = reads_in_txns(etcd_client)
+    http_log.clear()
+    assert etcd_client.get_many(wanted) == present
+    assert_reads(http_log, etcd_client, in_txns=in_txns, keys=len(wanted), per_key=1)
+
+
 # -- classic calls: watch ------------------------------------------------------------------
 
 
-def test_watch_returns_the_next_put_from_another_thread(etcd_client, etcd_prefix) -> None:
+def test_watch_returns_the_next_put_from_another_thread(etcd_client, etcd_prefix,
+                                                       monkeypatch) -> None:
     key = f"{etcd_prefix}/k"
     etcd_client.set(key, "before")
-    writer = later(0.5, lambda: etcd_client.put(key, "after"))
+    # The other thread puts once the watch is established: the put can neither
+    # come before the watch nor be missed by it.
+    writer = once_watching(etcd_client, monkeypatch, lambda: etcd_client.put(key, "after"))
     event = etcd_client.watch(key, timeout=10)
     writer.join()
     assert event is not None

@@ -8,6 +8,11 @@
   each ``$ command`` runs with ``sh`` in a scratch directory (with the same
   ``ETCDCTL_ENDPOINTS``), and what it prints must be the lines that follow it.
   Use ``.. code-block:: shell`` for commands that are not to be run.
+* ``python -m etcdmap demo`` (:func:`etcdmap.demo.run_demo`) tours the
+  session's etcd, and what it says is checked line by line.
+* A temporary directory an example makes (``tempfile.mkdtemp``) lands in the
+  test's own ``tmp_path`` and is removed with it; ``conftest.py`` checks that
+  no such directory outlives the test session.
 
 Each document writes only under its own key prefix (``PREFIXES``): it is
 emptied before and after the run, and the rest of the keyspace must be the
@@ -22,12 +27,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from etcdmap import EtcdClient
+from etcdmap.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -110,11 +117,18 @@ def _with_examples(pattern: str) -> list[Path]:
 
 @pytest.mark.parametrize("isolated", _with_examples(r"^\s*>>> "), indirect=True,
                          ids=lambda p: p.name)
-def test_doctests(isolated: str, request: pytest.FixtureRequest) -> None:
+def test_doctests(isolated: str, request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
     path: Path = request.node.callspec.params["isolated"]
+    # A document may make temporary files (tls.rst's keys, with tempfile.mkdtemp)
+    # without showing the reader how it tidies up: they go here, and go with it.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     result = doctest.testfile(str(path), module_relative=False, optionflags=FLAGS,
                               globs={"__name__": f"doctest_{path.stem}"}, verbose=False,
                               raise_on_error=False, report=True)
+    shutil.rmtree(scratch)
     assert result.attempted > 0
     assert result.failed == 0, f"{result.failed} example(s) of {path.name} failed (see above)"
 
@@ -184,3 +198,53 @@ def test_sphinx_builds_without_warnings(
     assert proc.returncode == 0, output
     assert (out / "html" / "index.html").is_file()
     assert (out / "html" / "api.html").is_file()
+
+
+# What the demo says: {P} is its prefix, {EP} the endpoint, {TTL} a lease's
+# seconds left, {S} seconds waited, {REV} a revision.
+DEMO = """\
+using etcd at {EP}
+
+1. A dict over the prefix '{P}'
+   cfg.to_dict() -> {"db": {"host": "db.internal", "port": "5432"}, "name": "shop"}
+   len(cfg) -> 2; sorted(cfg) -> ['db', 'name']
+   '{db[host]}:{db[port]}'.format_map(cfg) -> 'db.internal:5432'
+
+2. A nested sub-mapping writes through
+   cfg['db'] -> EtcdMapping(prefix='{P}db/', endpoints=['{EP}'])
+   after db['user'] = 'app': etcd holds ['{P}db/host', '{P}db/port', '{P}db/user', '{P}name']
+
+3. A key with a 2 s TTL
+   'session' in cfg -> True; cfg.ttl('session') -> {TTL}
+   DELETE after {S} s; 'session' in cfg -> False
+
+4. Compare-and-swap
+   cfg.replace('name', 'shop', 'store') -> True
+   cfg.replace('name', 'shop', 'again') -> False
+   cfg.setdefault('name', 'other') -> 'store'
+
+5. A watch sees a change made by another thread
+   PUT db/port: '5432' -> '6543' at revision {REV}"""
+
+
+def _demo_pattern(template: str, endpoint: str, prefix: str) -> str:
+    """A line of ``DEMO`` as a regular expression; ``prefix`` is the pattern for {P}."""
+    fields = {"{P}": prefix, "{EP}": re.escape(endpoint), "{TTL}": "[0-2]", "{S}": r"\d+\.\d",
+              "{REV}": r"\d+"}
+    parts = re.split(r"(\{(?:P|EP|TTL|S|REV)\})", template)
+    return "".join(fields.get(part) or re.escape(part) for part in parts)
+
+
+def test_the_demo_tours_the_sessions_etcd_and_leaves_nothing(etcd_endpoint: str) -> None:
+    said: list[str] = []
+    run_demo(etcd_endpoint, say=said.append)
+    lines, expected = "\n".join(said).split("\n"), DEMO.split("\n")
+    found = re.fullmatch(_demo_pattern(expected[2], etcd_endpoint, "(etcdmap-demo/[0-9a-f]+/)"),
+                         lines[2])
+    assert found, lines
+    assert len(lines) == len(expected), lines
+    for line, template in zip(lines, expected, strict=True):
+        assert re.fullmatch(_demo_pattern(template, etcd_endpoint, re.escape(found[1])), line), (
+            template, line)
+    with EtcdClient(etcd_endpoint) as client:
+        assert client.range(found[1], prefix=True).kvs == ()

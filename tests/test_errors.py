@@ -1,11 +1,17 @@
 """How gateway and network failures surface: always as typed etcdmap errors.
 
-The responses here are mocked (``responses``) because a real server cannot
-easily be made to send them; every body follows the shapes in the gateway brief.
+Errors a real etcd sends on demand (a 129-op transaction, revoking an unknown
+lease, a request that is too large...) are asked of the session's real etcd.
+The other responses are mocked (``responses``) because a real server cannot
+easily be made to send them here: malformed bodies, network failures, errors
+that need a cluster without quorum, auth or a full disk (real ones in
+test_cluster.py and test_auth.py), and etcd 3.6's error body shape, as no etcd
+3.6 runs here.  Every body follows the shapes in the gateway brief.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -139,12 +145,72 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("shape", [body_v35, body_v36], ids=["3.5-shape", "3.6-shape"])
-@pytest.mark.parametrize(("status", "code", "message", "cls"), ERRORS,
-                         ids=[e[2].split(": ")[-1][:30] for e in ERRORS])
-def test_gateway_error_bodies_map_to_typed_errors(mock, client, shape, status, code, message,
-                                                  cls) -> None:
-    mock.post(f"{A}/v3/kv/range", json=shape(code, message), status=status)
+def _revoke_a_revoked_lease(client: EtcdClient, prefix: str) -> None:
+    lease = client.lease_grant(5).id
+    client.lease_revoke(lease)
+    client.lease_revoke(lease)
+
+
+def _grant_an_existing_lease(client: EtcdClient, prefix: str) -> None:
+    lease = client.lease_grant(5).id
+    try:
+        client.lease_grant(5, lease_id=lease)
+    finally:
+        client.lease_revoke(lease)
+
+
+# The rows of ERRORS a real etcd 3.5 sends on demand, and how to make it.
+REAL: dict[str, Callable[[EtcdClient, str], object]] = {
+    "etcdserver: too many operations in txn request":
+        lambda c, p: c.txn(success=[Range(f"{p}/{i}".encode()) for i in range(129)]),
+    "etcdserver: request is too large": lambda c, p: c.put(f"{p}/k", "x" * 1_600_000),
+    "grpc: received message larger than max (3145738 vs. 2097152)":
+        lambda c, p: c.put(f"{p}/k", "x" * 2_200_000),
+    "etcdserver: requested lease not found": _revoke_a_revoked_lease,
+    "etcdserver: lease already exists": _grant_an_existing_lease,
+    "etcdserver: mvcc: required revision is a future revision":
+        lambda c, p: c.range(f"{p}/k", revision=c.range(f"{p}/k").revision + 1000),
+    "etcdserver: too large lease TTL": lambda c, p: c.lease_grant(10**11),
+}
+MOCKED_ONLY = [e for e in ERRORS if e[2] not in REAL]
+
+
+def _ids(errors: list[tuple[int, int, str, type[EtcdError]]]) -> list[str]:
+    return [e[2].split(": ")[-1][:30] for e in errors]
+
+
+def _sizes_dropped(message: str) -> str:
+    """``message`` without the byte counts etcd puts in "(3145738 vs. 2097152)"."""
+    return re.sub(r"\(\d+ vs\. \d+\)", "(N vs. N)", message)
+
+
+def test_the_real_errors_are_rows_of_the_table() -> None:
+    assert set(REAL) <= {e[2] for e in ERRORS}
+
+
+@pytest.mark.parametrize(("status", "code", "message", "cls"),
+                         [e for e in ERRORS if e[2] in REAL],
+                         ids=_ids([e for e in ERRORS if e[2] in REAL]))
+def test_errors_a_real_etcd_sends_map_to_typed_errors(etcd_endpoint, etcd_prefix, status, code,
+                                                      message, cls) -> None:
+    with EtcdClient(etcd_endpoint, timeout=5, retry_deadline=0) as client:
+        err = raises_exactly(cls, lambda: REAL[message](client, etcd_prefix))
+    assert (err.code, err.status, _sizes_dropped(err.message)) == (
+        code, status, _sizes_dropped(message))
+
+
+@pytest.mark.parametrize(("status", "code", "message", "cls"), MOCKED_ONLY, ids=_ids(MOCKED_ONLY))
+def test_mocked_etcd35_error_bodies_map_to_typed_errors(mock, client, status, code, message,
+                                                        cls) -> None:
+    mock.post(f"{A}/v3/kv/range", json=body_v35(code, message), status=status)
+    err = raises_exactly(cls, lambda: client.range("k"))
+    assert (err.code, err.status, err.message) == (code, status, message)
+
+
+@pytest.mark.parametrize(("status", "code", "message", "cls"), ERRORS, ids=_ids(ERRORS))
+def test_mocked_etcd36_error_bodies_map_to_typed_errors(mock, client, status, code, message,
+                                                        cls) -> None:
+    mock.post(f"{A}/v3/kv/range", json=body_v36(code, message), status=status)
     err = raises_exactly(cls, lambda: client.range("k"))
     assert (err.code, err.status, err.message) == (code, status, message)
 
@@ -162,16 +228,19 @@ def test_permission_denied_is_also_a_permission_error(mock, client) -> None:
         client.put("k", "v")
 
 
-def test_too_many_txn_ops_raises_request_too_large(mock, client) -> None:
+def test_too_many_txn_ops_in_etcd36s_body_shape_raises_request_too_large(mock, client) -> None:
+    # The same against a real etcd 3.5: test_errors_a_real_etcd_sends_map_to_typed_errors.
     mock.post(f"{A}/v3/kv/txn", status=400,
-              json=body_v35(3, "etcdserver: too many operations in txn request"))
+              json=body_v36(3, "etcdserver: too many operations in txn request"))
     ops = [Range(b"k%d" % i) for i in range(129)]
     raises_exactly(EtcdRequestTooLarge, lambda: client.txn(success=ops))
 
 
-def test_revoking_an_unknown_lease_raises_lease_not_found(mock, client) -> None:
+def test_revoking_an_unknown_lease_in_etcd36s_body_shape_raises_lease_not_found(mock,
+                                                                              client) -> None:
+    # The same against a real etcd 3.5: test_errors_a_real_etcd_sends_map_to_typed_errors.
     mock.post(f"{A}/v3/lease/revoke", status=404,
-              json=body_v35(5, "etcdserver: requested lease not found"))
+              json=body_v36(5, "etcdserver: requested lease not found"))
     raises_exactly(EtcdLeaseNotFound, lambda: client.lease_revoke(1))
 
 
@@ -201,7 +270,10 @@ def test_a_connection_error_raises_etcd_connection_error(mock, client) -> None:
     mock.post(f"{A}/v3/kv/range", body=requests.ConnectionError("connection reset by peer"))
     err = raises_exactly(EtcdConnectionError, lambda: client.range("k"))
     assert isinstance(err, ConnectionError)
-    assert isinstance(err.__cause__, requests.ConnectionError)
+    # The cause is the failure in one line, not urllib3's chain of internals.
+    assert isinstance(err.__cause__, OSError)
+    assert "connection reset by peer" in str(err.__cause__)
+    assert err.__cause__.__cause__ is None and err.__cause__.__suppress_context__
 
 
 def test_a_read_timeout_on_a_read_raises_etcd_timeout(mock, client) -> None:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from helpers import assert_reads, reads_in_txns
 
 from etcdmap import (
     EtcdClient,
@@ -520,16 +521,16 @@ def test_setdefault_with_a_dict_returns_a_live_sub_mapping(m: EtcdMapping) -> No
     assert m.to_dict() == {"db": {"host": "h", "port": "1"}}
 
 
-def test_setdefault_with_a_dict_too_big_for_one_txn_is_all_or_nothing(m: EtcdMapping) -> None:
-    # A conditional write cannot be split into several transactions; it must
-    # either store the whole default or refuse without storing any of it.
-    default = {f"k{i:03}": "v" for i in range(200)}
-    try:
+def test_setdefault_with_a_dict_too_big_for_one_txn_refuses_before_writing(
+        m: EtcdMapping, etcd_client: EtcdClient, etcd_prefix: str) -> None:
+    # A conditional write cannot be split into several transactions: one that
+    # does not fit in one raises EtcdRequestTooLarge before writing anything.
+    m["other"] = "kept"
+    default = {f"k{i:03}": "v" for i in range(2 * etcd_client.max_txn_ops)}
+    with pytest.raises(EtcdRequestTooLarge) as info:
         m.setdefault("big", default)
-    except Exception:
-        assert "big" not in m
-    else:
-        assert m["big"] == default
+    assert type(info.value) is EtcdRequestTooLarge, repr(info.value)
+    assert stored(etcd_client, etcd_prefix) == {"other": b"kept"}
 
 
 def test_replace_swaps_only_the_expected_value(m: EtcdMapping) -> None:
@@ -690,6 +691,48 @@ def test_clear_on_a_sub_mapping_clears_only_that_subtree(m: EtcdMapping) -> None
     m.update({"db/host": "h", "dbx": "1", "web/port": "80"})
     m["db"].clear()
     assert m.to_dict() == {"dbx": "1", "web": {"port": "80"}}
+
+
+# -- getitems: many keys in few round trips ----------------------------------------------
+
+
+# Each key is two ranges: the leaf, and a probe of the subtree under it.
+
+
+def test_getitems_returns_the_present_keys_in_few_requests(
+        m: EtcdMapping, etcd_client: EtcdClient, http_log: list[str]) -> None:
+    m.update({"a": "1", "db": {"host": "h", "opts": {"ssl": "on"}}, "x/y/z": "deep"})
+    wellformed = ["a", "db", "db/host", "db/opts", "x/y", "missing", "a/b", "db/nope"]
+    in_txns = reads_in_txns(etcd_client)
+    http_log.clear()
+    got = m.getitems([*wellformed, "", "a//b", "/a", "a/"])
+    assert_reads(http_log, etcd_client, in_txns=in_txns, keys=len(wellformed), per_key=2)
+    assert sorted(got) == ["a", "db", "db/host", "db/opts", "x/y"]
+    assert (got["a"], got["db/host"]) == ("1", "h")
+    for name, tree in [("db", {"host": "h", "opts": {"ssl": "on"}}),
+                       ("db/opts", {"ssl": "on"}), ("x/y", {"z": "deep"})]:
+        assert isinstance(got[name], EtcdMapping), name
+        assert got[name] == tree, name
+    got["db/opts"]["ssl"] = "off"  # a live sub-mapping, as m["db/opts"] is
+    assert m["db/opts/ssl"] == "off"
+
+
+def test_getitems_of_nothing_reads_nothing(m: EtcdMapping, http_log: list[str]) -> None:
+    assert m.getitems([]) == {}
+    assert m.getitems(["", "a//b"]) == {}
+    assert [path for path in http_log if path.startswith("/v3/")] == []
+
+
+def test_getitems_of_more_keys_than_one_transaction_holds(
+        m: EtcdMapping, etcd_client: EtcdClient, http_log: list[str]) -> None:
+    present = {f"k{i:03}": str(i) for i in range(150)}
+    m.update(present)
+    wanted = [*present, *(f"gone{i}" for i in range(10))]
+    assert 2 * len(wanted) > etcd_client.max_txn_ops
+    in_txns = reads_in_txns(etcd_client)
+    http_log.clear()
+    assert m.getitems(wanted) == present
+    assert_reads(http_log, etcd_client, in_txns=in_txns, keys=len(wanted), per_key=2)
 
 
 # -- keys written by other tools --------------------------------------------------------

@@ -159,9 +159,15 @@ def test_compare_to_wire_always_has_explicit_target_and_result(
     target: str, result: str, operand: int
 ) -> None:
     wire = Compare(b"k", target, result, operand).to_wire()  # type: ignore[arg-type]
-    assert wire["target"] == target
-    assert wire["result"] in {"EQUAL", "NOT_EQUAL", "GREATER", "LESS"}
-    assert "result" in wire and "target" in wire
+    assert wire == {"key": "aw==", "target": target, "result": WIRE_RESULTS[result],
+                    TARGET_FIELDS[target]: operand}
+
+
+# What etcd's gateway expects, spelled out here rather than taken from etcdmap.ops.
+WIRE_RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", ">": "GREATER", "<": "LESS",
+                "EQUAL": "EQUAL", "NOT_EQUAL": "NOT_EQUAL", "GREATER": "GREATER", "LESS": "LESS"}
+TARGET_FIELDS = {"VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision",
+                 "LEASE": "lease"}
 
 
 def test_compare_version_zero_is_sent_explicitly() -> None:

@@ -9,6 +9,8 @@ certificates that carry a CommonName (gateway brief §12).
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
+from helpers import CountingRelay
 
 from etcdmap import (
     EtcdClient,
@@ -24,6 +27,7 @@ from etcdmap import (
     EtcdIndeterminateWrite,
     EtcdMapping,
     EtcdServerError,
+    EtcdTLSError,
 )
 from etcdmap.testing import EtcdServer, TLSFiles, free_port
 
@@ -193,12 +197,15 @@ def test_tls_without_client_certificates(tls_only: str, certs: Certs) -> None:
 
 
 def raises_connection_error(call, *, within: float) -> EtcdConnectionError:
-    """``call()`` raises EtcdConnectionError itself (not a subclass) within ``within`` s."""
+    """``call()`` raises EtcdTLSError (an EtcdConnectionError) within ``within`` s.
+
+    Exactly that class: not the write's EtcdIndeterminateWrite, not a timeout.
+    """
     started = time.monotonic()
     with pytest.raises(EtcdConnectionError) as info:
         call()
     elapsed = time.monotonic() - started
-    assert type(info.value) is EtcdConnectionError, repr(info.value)
+    assert type(info.value) is EtcdTLSError, repr(info.value)
     assert isinstance(info.value, ConnectionError)
     assert elapsed < within, f"took {elapsed:.1f} s"
     return info.value
@@ -210,6 +217,20 @@ def test_no_client_certificate_is_a_clear_connection_error(mtls: str, certs: Cer
     text = str(error)
     assert mtls in text and "client certificate" in text
     assert "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text
+
+
+@pytest.mark.parametrize("refusal", ["no client certificate", "untrusted server"])
+def test_a_watch_refused_by_tls_raises_what_get_raises_at_once(
+        mtls: str, certs: Certs, refusal: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Not EtcdTimeout after the timeout, and no "interrupted ... resuming" lines.
+    kwargs = {"ca_cert": certs.ca} if refusal == "no client certificate" else {}
+    caplog.set_level(logging.DEBUG, logger="etcdmap")
+    with EtcdClient(mtls, timeout=5, **kwargs) as client:
+        from_get = raises_connection_error(lambda: client.get("tls/x"), within=5)
+        from_watch = raises_connection_error(lambda: client.watch_iter("tls/x"), within=3)
+        assert str(from_watch) == str(from_get)
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()]
+    assert not [t for t in threading.enumerate() if t.name == "etcdmap-watch" and t.is_alive()]
 
 
 def test_a_refused_write_is_not_indeterminate(mtls: str, certs: Certs) -> None:
@@ -225,10 +246,16 @@ def test_a_refused_write_is_not_indeterminate(mtls: str, certs: Certs) -> None:
 
 def test_a_refused_certificate_is_tried_once_per_endpoint_not_until_the_deadline(
         mtls: str, certs: Certs) -> None:
-    port = mtls.rsplit(":", 1)[1]
-    endpoints = [mtls, f"https://localhost:{port}"]  # the same member twice
-    with EtcdClient(endpoints, ca_cert=certs.ca, timeout=2, retry_deadline=30) as client:
-        raises_connection_error(lambda: client.range("tls/absent"), within=5)
+    # The same member behind two relays that count the connections (TLS handshakes).
+    relays = [CountingRelay(mtls), CountingRelay(mtls)]
+    try:
+        with EtcdClient([r.endpoint for r in relays], ca_cert=certs.ca, timeout=2,
+                        retry_deadline=30) as client:
+            raises_connection_error(lambda: client.range("tls/absent"), within=5)
+        assert [r.connections for r in relays] == [1, 1]
+    finally:
+        for relay in relays:
+            relay.close()
 
 
 def test_a_certificate_from_another_ca_is_refused(mtls: str, certs: Certs) -> None:

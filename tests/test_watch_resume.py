@@ -15,6 +15,7 @@ import gc
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +26,10 @@ import pytest
 import requests
 import responses
 from helpers import collect as collect_events
+from helpers import once_watching, url_log_of, wait_until
 
 from etcdmap import EtcdClient, EtcdCompacted, EtcdPermissionError, EtcdTimeout, Event
+from etcdmap._transport import Transport
 from etcdmap.ops import Put
 from etcdmap.testing import EtcdServer
 from etcdmap.watch import JSONStreamDecoder, Watcher
@@ -59,6 +62,16 @@ def prefix() -> str:
 def collect(watcher: Watcher[Any], count: int, timeout: float = 10) -> list[Event[Any]]:
     """Like helpers.collect, with room for a reconnect."""
     return collect_events(watcher, count, timeout, quiet=0.5)
+
+
+def sending(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is inside the transport's send (waiting for an answer)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code is Transport._send.__code__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def watch_threads() -> set[threading.Thread]:
@@ -197,7 +210,9 @@ def test_progress_notifications_advance_the_resume_point(
                 via_relay.watch_iter(prefix, prefix=True) as watcher:
             # Elsewhere the store moves on; this watch sees no event, only progress.
             latest = [own_client.put(f"other-{prefix}{i}", "x").revision for i in range(3)][-1]
-            time.sleep(2.5)  # the server sends a progress notification every second
+            # The server sends a progress notification every second: wait for one.
+            wait_until(lambda: (watcher._reader.resume or 0) >= latest, 10,
+                       "a progress notification past the writes")
             own_client.compact(latest)
             relay.cut()  # reconnect: from the progressed revision, not a compacted one
             mine = own_client.put(prefix + "k", "v").revision
@@ -258,16 +273,24 @@ def test_the_events_of_one_revision_missed_while_disconnected_arrive_together(
         assert watcher.next_event(0.5) is None
 
 
-def test_a_quiet_watch_heartbeats_without_losing_or_repeating_events(
-        etcd_client: EtcdClient, etcd_prefix: str) -> None:
+def test_a_quiet_watch_checks_its_member_and_loses_or_repeats_nothing(
+        etcd_endpoint: str, etcd_client: EtcdClient, etcd_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = etcd_prefix + "/"
     revisions: list[int] = []
-    with etcd_client.watch_iter(prefix, prefix=True, read_timeout=0.5) as watcher:
-        for burst in range(3):
-            revisions += [etcd_client.put(f"{prefix}{burst}-{i}", "v").revision for i in range(3)]
-            time.sleep(0.8)  # longer than the read timeout: the watch reconnects
-        events = collect(watcher, 9)
+    with EtcdClient(etcd_endpoint) as own:
+        log = url_log_of(own, monkeypatch)
+        with own.watch_iter(prefix, prefix=True, read_timeout=0.3) as watcher:
+            for burst in range(3):
+                revisions += [etcd_client.put(f"{prefix}{burst}-{i}", "v").revision
+                              for i in range(3)]
+                checks = sum(u.endswith("/v3/kv/range") for u in log)
+                # A silence follows each burst: the watch asks its member about it.
+                wait_until(lambda c=checks: sum(u.endswith("/v3/kv/range") for u in log) > c,
+                           10, "a silence checked")
+            events = collect(watcher, 9)
     assert [e.revision for e in events] == revisions
+    assert sum(u.endswith("/v3/watch") for u in log) == 1, "a healthy quiet stream was replaced"
 
 
 def test_resuming_to_a_compacted_revision_raises_etcd_compacted(
@@ -294,15 +317,15 @@ def test_a_blocking_watch_returns_none_on_time(
 
 
 def test_a_blocking_watch_returns_the_next_change(
-        etcd_client: EtcdClient, etcd_prefix: str) -> None:
+        etcd_client: EtcdClient, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     key = f"{etcd_prefix}/k"
     etcd_client.put(key, "old")
-    timer = threading.Timer(0.3, etcd_client.put, args=(key, "new"))
-    timer.start()
+    # The put comes once the watch is established, so it cannot precede the watch.
+    writer = once_watching(etcd_client, monkeypatch, lambda: etcd_client.put(key, "new"))
     try:
         event = etcd_client.watch(key, timeout=5)
     finally:
-        timer.join()
+        writer.join()
     assert event is not None
     assert (event.type, event.key, event.value, event.prev_value) == ("PUT", key, "new", "old")
 
@@ -315,7 +338,8 @@ def test_closing_a_watcher_that_waits_on_a_frozen_server_ends_it_at_once(
     try:
         watcher = own_client.watch_iter(prefix + "k", start_revision=rev, read_timeout=20)
         (thread,) = watch_threads() - before
-        time.sleep(0.3)  # its request is sent; no answer will come
+        # Its request is on the way (in the transport's send); no answer will come.
+        wait_until(lambda: sending(thread), 5, "the watch sending its request")
         started = time.monotonic()
         watcher.close()
         took = time.monotonic() - started

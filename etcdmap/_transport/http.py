@@ -1,38 +1,41 @@
-"""The one choke point between etcdmap and the network.
+"""The one choke point between etcdmap and the network: etcd's JSON gateway over ``requests``.
 
 Every request goes through :meth:`Transport.call` (or :meth:`Transport.stream`
-for watches): it picks the endpoint, applies the timeout, fails over, keeps the
-auth token fresh, and turns ``requests`` and gateway errors into
-:mod:`etcdmap.errors` with ``from exc``.
+for watches): it picks the endpoint, bounds the call by a hard deadline,
+fails over, keeps the auth token fresh, and turns ``requests`` and gateway
+errors into :mod:`etcdmap.errors`.  It is fork-safe: a forked child never
+uses a connection of its parent's.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import os
 import random
-import ssl
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+import urllib3
 from urllib3.util import Timeout
 
-from .errors import (
+from ..errors import (
     EtcdConnectionError,
     EtcdError,
     EtcdIndeterminateWrite,
     EtcdProtocolError,
     EtcdServerError,
     EtcdTimeout,
+    EtcdTLSError,
     EtcdUnavailable,
     error_from_body,
 )
+from .failures import brief_cause, surely_unsent, tls_hint, tls_setup_failure
+from .guard import Deadline, guard
+from .stream import Stream
 
 JSON = dict[str, Any]
 TLSCert = str | tuple[str, str] | None
@@ -48,6 +51,9 @@ _MAX_REDIRECTS = 5
 _AUTH_PATH = "/v3/auth/authenticate"
 # A member that failed is passed over for this long while another one is healthy.
 _COOLDOWN = 5.0
+# With nothing listening anywhere, give up after this long (etcdctl's dial
+# timeout) unless retry_deadline was set explicitly.
+DIAL_WINDOW = 2.0
 # Replies that mean "this token is no longer good": re-authenticate and retry.
 # The request was rejected before it was applied, so a retry is safe for writes.
 _STALE_TOKEN = (
@@ -56,11 +62,8 @@ _STALE_TOKEN = (
     "revision in header is old",  # auth: ... (a JWT issued before a role change)
     "user name is empty",         # the request carried no token
 )
-# TLS alerts and checks that refuse a certificate: the server never saw the request.
-_TLS_REFUSALS = ("CERTIFICATE", "ALERT", "UNKNOWN_CA")
-# Where the ssl module fails while a connection is set up, before anything is sent.
-_TLS_SETUP_FRAMES = frozenset({"ssl_wrap_socket", "wrap_socket", "do_handshake",
-                               "load_cert_chain", "load_verify_locations"})
+_NOTHING_LISTENS = ("; is etcd running there? Point ETCDCTL_ENDPOINTS (or endpoints=) at "
+                    "your cluster, or start a local one with `etcdmap serve`")
 
 
 def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
@@ -68,6 +71,8 @@ def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out = []
     for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"endpoints are str URLs, not {type(item).__name__}")
         item = item.strip()
         if not item:
             continue
@@ -85,75 +90,84 @@ def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _surely_unsent(exc: requests.RequestException) -> bool:
-    """True when the request never reached a server (so any retry is safe)."""
-    if isinstance(exc, requests.ConnectTimeout) or _tls_setup_failure(exc) is not None:
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+# -- hard deadlines: connections that hand their socket to the call's Deadline -------------
+
+_local = threading.local()
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it wraps: urllib3 ``reason``, ``args[0]``, ``__cause__``."""
-    chain: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and all(cur is not seen for seen in chain) and len(chain) < 10:
-        chain.append(cur)
-        reason = getattr(cur, "reason", None)
-        if isinstance(reason, BaseException):
-            cur = reason
-        elif cur.args and isinstance(cur.args[0], BaseException):
-            cur = cur.args[0]
-        else:
-            cur = cur.__cause__ or cur.__context__
-    return chain
+def _watch_socket(conn: Any) -> None:
+    deadline: Deadline | None = getattr(_local, "deadline", None)
+    if deadline is not None and conn.sock is not None:
+        deadline.watch(conn.sock)
 
 
-def _tls_setup_failure(exc: BaseException) -> str | None:
-    """What went wrong setting up TLS, or None if ``exc`` is not such a failure.
+class _Guarded:
+    """A urllib3 connection whose socket the current call's deadline can shut down."""
 
-    A TLS error while reading a reply (say the server died mid-answer) is not
-    one: the request may have been processed.
-    """
-    if not isinstance(exc, requests.exceptions.SSLError):
-        return None
-    for cause in _causes(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"certificate verify failed: {cause.verify_message}"
-        if isinstance(cause, ssl.SSLError):
-            reason = str(cause.reason or cause)
-            where = {frame.f_code.co_name for frame, _ in traceback.walk_tb(cause.__traceback__)}
-            if where & _TLS_SETUP_FRAMES or any(marker in reason for marker in _TLS_REFUSALS):
-                return reason
-            return None
-    return None
+    sock: Any
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _watch_socket(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        if self.sock is not None:  # a pooled connection, already open
+            _watch_socket(self)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-def _tls_hint(detail: str) -> str:
-    if "BAD_CERTIFICATE" in detail or "CERTIFICATE_REQUIRED" in detail \
-            or "UNKNOWN_CA" in detail:
-        return ("; the server did not accept the client certificate "
-                "(give cert=/key= or ssl_cert= signed by a CA it trusts)")
-    if "verify failed" in detail:
-        return "; give ca_cert= with the CA that signed the server's certificate"
-    if "WRONG_VERSION_NUMBER" in detail or "EOF" in detail:
-        return "; is the endpoint plain http:// rather than https://?"
-    return ""
+class _HTTPConnection(_Guarded, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Guarded, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections that honour a call's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxy/.netrc lookups on every call
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _Adapter())
+    return session
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-@functools.lru_cache(maxsize=32)
-def _unary_timeout(seconds: float) -> Timeout:
-    return Timeout(connect=seconds, read=seconds, total=seconds)
+def _content_type(resp: requests.Response) -> str:
+    return (resp.headers.get("Content-Type") or "no content type").split(";")[0].strip()
 
 
-def _decode(resp: requests.Response) -> Any:
+def _not_a_gateway(resp: requests.Response, endpoint: str) -> EtcdProtocolError:
+    return EtcdProtocolError(f"{endpoint} does not answer like an etcd v3 gateway "
+                             f"(HTTP {resp.status_code}, {_content_type(resp)})")
+
+
+def _decode(resp: requests.Response, endpoint: str) -> Any:
     try:
         return json.loads(resp.content)
-    except (ValueError, requests.RequestException) as exc:
-        raise EtcdProtocolError(f"invalid JSON from {resp.url} (HTTP {resp.status_code})") from exc
+    except (ValueError, RecursionError, requests.RequestException) as exc:
+        if "json" not in _content_type(resp):
+            raise _not_a_gateway(resp, endpoint) from None
+        raise EtcdProtocolError(f"invalid JSON from {endpoint} (HTTP {resp.status_code}): "
+                                f"{type(exc).__name__}") from None
 
 
 class Transport:
@@ -164,8 +178,9 @@ class Transport:
     answer, until ``retry_deadline``; a write only when it surely was not
     applied (the connection was refused, TLS was refused, or the member
     answered "no leader"); otherwise it raises :class:`EtcdIndeterminateWrite`.
-    One call returns within ``max(timeout, retry_deadline)`` (plus one
-    re-authentication, when the token went stale).
+    Each attempt ends within its timeout, whatever the server sends (a hard
+    deadline shuts the socket down).  When no endpoint accepts a connection at
+    all, the call gives up after ``dial_window`` seconds.
     """
 
     def __init__(
@@ -174,6 +189,7 @@ class Transport:
         *,
         timeout: float,
         retry_deadline: float,
+        dial_window: float | None = None,
         session: requests.Session | None = None,
         verify: bool | str = True,
         cert: TLSCert = None,
@@ -183,11 +199,10 @@ class Transport:
         self.endpoints = normalize_endpoints(endpoints)
         self.timeout = timeout
         self.retry_deadline = retry_deadline
+        self.dial_window = min(retry_deadline, DIAL_WINDOW) if dial_window is None else dial_window
         self.allow_redirects = allow_redirects
         self._own_session = session is None
-        self.session = session if session is not None else requests.Session()
-        if self._own_session:
-            self.session.trust_env = False  # no proxy/.netrc lookups on every call
+        self.session = session if session is not None else _new_session()
         self.verify = verify
         self.cert = cert
         self._credentials = credentials
@@ -196,6 +211,7 @@ class Transport:
         self._lock = threading.Lock()  # guards endpoints, _current and _failed
         self._current = 0
         self._failed: dict[str, float] = {}  # endpoint -> when its cooldown ends
+        self._pid = os.getpid()
         self.on_endpoint_failure: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -220,135 +236,179 @@ class Transport:
 
     def close(self) -> None:
         """Close the session if this transport created it."""
-        if self._own_session:
+        if self._own_session and self._pid == os.getpid():
             self.session.close()
 
-    def reset(self) -> None:
-        """Forget pooled connections without closing them (in a forked child, say).
+    # -- fork safety ---------------------------------------------------------------
 
-        Closing them would also end the parent's TLS sessions on the shared sockets.
-        """
+    def _check_fork(self) -> None:
+        # Cheap (one getpid) and without user action, like redis-py's _checkpid.
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks, and connections of its own."""
         self._auth_lock = threading.Lock()  # a lock held at fork time stays held
         self._lock = threading.Lock()
-        for adapter in self.session.adapters.values():
-            if isinstance(adapter, requests.adapters.HTTPAdapter):
-                pools: Any = adapter  # the pool settings are private attributes
-                adapter.init_poolmanager(pools._pool_connections, pools._pool_maxsize,
-                                         block=pools._pool_block)
+        self._pid = os.getpid()
+        # Never close the parent's sockets (that would end its TLS sessions);
+        # just stop using them.
+        if self._own_session:
+            self.session = _new_session()
+        else:
+            for adapter in self.session.adapters.values():
+                if isinstance(adapter, requests.adapters.HTTPAdapter):
+                    pools: Any = adapter  # the pool settings are private attributes
+                    adapter.init_poolmanager(pools._pool_connections, pools._pool_maxsize,
+                                             block=pools._pool_block)
+
+    reset = _after_fork
 
     # -- the choke point ---------------------------------------------------
 
     def call(self, path: str, body: Mapping[str, Any], *, idempotent: bool,
-             timeout: float | None = None, endpoint: str | None = None) -> JSON:
+             timeout: float | None = None, deadline: float | None = None,
+             endpoint: str | None = None) -> JSON:
         """POST ``body`` to ``path``; fail over while it is safe; return the JSON reply.
 
-        With ``endpoint`` the request goes to that member only.
+        Each attempt waits at most ``timeout`` (the transport's by default);
+        retries stop after ``deadline`` seconds (``retry_deadline``).  With
+        ``endpoint`` the request goes to that member only.
         """
+        self._check_fork()
         pinned = endpoint
         authenticating = path == _AUTH_PATH
         if self._credentials is not None and self._token is None and not authenticating:
             self.ensure_token()
         data = _encode(body).encode()
         per_try = timeout or self.timeout
-        deadline = time.monotonic() + self.retry_deadline
+        started = time.monotonic()
+        ends = started + (self.retry_deadline if deadline is None else deadline)
         attempt = 0
         tls_failures = 0
+        unreachable: set[str] = set()  # endpoints that refused a connection in a row
         reauthed = False
         full_try = True  # the first try (and the one after re-authenticating) gets per_try
         while True:
             attempt += 1
             target = pinned or self.endpoint
             token = None if authenticating else self._token
-            budget = per_try if full_try else max(0.01, min(per_try, deadline - time.monotonic()))
+            budget = per_try if full_try else max(0.01, min(per_try, ends - time.monotonic()))
             full_try = False
             try:
                 resp = self._send(target + path, data, token, budget)
             except requests.RequestException as exc:
                 error = self._transport_error(exc, target, idempotent, budget)
                 self._failed_on(target, rotate=pinned is None)
-                if _tls_setup_failure(exc) is not None:
+                if isinstance(error, EtcdTLSError):
                     tls_failures += 1
                     # A refused certificate is a configuration error: try each member once.
                     if pinned is not None or tls_failures >= len(self.endpoints):
-                        raise error from exc
-                if isinstance(error, EtcdIndeterminateWrite) or time.monotonic() >= deadline:
-                    raise error from exc
-                self._backoff(attempt, deadline)
+                        raise error from None
+                if surely_unsent(exc):
+                    unreachable.add(target)
+                    if unreachable >= set(self.endpoints) \
+                            and time.monotonic() >= started + self.dial_window:
+                        raise self._nothing_listens(error) from brief_cause(exc)
+                else:
+                    unreachable.clear()
+                if isinstance(error, EtcdIndeterminateWrite) or time.monotonic() >= ends:
+                    raise error from brief_cause(exc)
+                self._backoff(attempt, ends)
                 continue
             except OSError as exc:  # requests' check of the TLS file paths
-                raise EtcdConnectionError(f"TLS setup for {target} failed: {exc}") from exc
+                raise EtcdTLSError(f"TLS setup for {target} failed: {exc}") from None
             if resp.status_code == 200:
-                reply = _decode(resp)
+                reply = _decode(resp, target)
                 if not isinstance(reply, dict):
-                    raise EtcdProtocolError(f"expected a JSON object from {path}")
+                    raise _not_a_gateway(resp, target)
                 if self._failed:
                     self._failed.pop(target, None)
                 return reply
-            error = self._http_error(resp)
+            error = self._http_error(resp, target)
             if not reauthed and not authenticating and self._stale_token(error):
                 # Rejected before it was applied: a fresh token and one more try.
                 reauthed = full_try = True
                 self._refresh_token(token)
                 continue
-            if isinstance(error, EtcdUnavailable) or error.code in (2, 4):
+            if isinstance(error, EtcdUnavailable) or (
+                    isinstance(error, EtcdServerError) and error.code in (2, 4)):
                 self._failed_on(target, rotate=pinned is None)
                 if not idempotent and "no leader" not in error.message:
                     # "request timed out" and friends: the write may have applied.
                     raise EtcdIndeterminateWrite(
                         f"write outcome unknown: {error.message} ({target})") from error
-                if time.monotonic() < deadline:
-                    self._backoff(attempt, deadline)
+                if time.monotonic() < ends:
+                    self._backoff(attempt, ends)
                     continue
             raise error
 
-    def _stale_token(self, error: EtcdServerError) -> bool:
-        if self._credentials is None:
+    def _nothing_listens(self, error: EtcdError) -> EtcdError:
+        if len(self.endpoints) == 1:
+            where = f"etcd at {self.endpoints[0]}"
+        else:
+            where = "any of " + ", ".join(self.endpoints)
+        return type(error)(f"cannot connect to {where}{_NOTHING_LISTENS}")
+
+    def _stale_token(self, error: EtcdError) -> bool:
+        if self._credentials is None or not isinstance(error, EtcdServerError):
             return False
         return error.status == 401 or error.code == 16 \
             or any(text in error.message for text in _STALE_TOKEN)
 
     def _send(self, url: str, data: bytes, token: str | None, timeout: float,
-              *, stream: bool = False, read_timeout: float | None = None) -> requests.Response:
+              *, stream: bool = False, deadline: Deadline | None = None) -> requests.Response:
         # Straight to the adapter: Session.request's merging and hooks cost
         # more than the round trip itself on loopback.
         headers = dict(_BASE_HEADERS)  # urllib3 takes any mapping; no case folding needed
         headers["Content-Length"] = str(len(data))
         if token:
             headers["Authorization"] = token
-        # A unary call gets ``timeout`` in all (connect + answer); a stream
-        # waits up to ``read_timeout`` between two reads.
-        limit = Timeout(connect=timeout, read=read_timeout) if stream \
-            else _unary_timeout(timeout)
-        for _ in range(_MAX_REDIRECTS + 1):
-            prep = requests.PreparedRequest()
-            prep.method = "POST"
-            prep.url = url
-            prep.headers = cast(Any, headers)
-            prep.body = data
-            prep.hooks = {"response": []}
-            adapter = self.session.get_adapter(url)
-            # requests accepts a urllib3 Timeout (its stubs only say float or tuple).
-            resp = adapter.send(prep, stream=stream, verify=self.verify, cert=self.cert,
-                                proxies=self.session.proxies, timeout=cast(Any, limit))
-            if resp.status_code not in _REDIRECTS or not self.allow_redirects:
-                if not stream:
-                    # Read the body here: a connection that breaks mid-answer is a
-                    # transport error (maybe applied), not a malformed reply.
-                    _ = resp.content
-                return resp
-            location = resp.headers.get("Location")
-            resp.close()
-            if not location:
-                break
-            url = urljoin(url, location)
+        # Each socket operation waits at most ``timeout``, and the deadline
+        # ends the whole exchange (a stream: until its headers) at ``timeout``.
+        limit = Timeout(connect=timeout, read=timeout)
+        if deadline is None:
+            deadline = guard(timeout)
+        _local.deadline = deadline
+        try:
+            for _ in range(_MAX_REDIRECTS + 1):
+                prep = requests.PreparedRequest()
+                prep.method = "POST"
+                prep.url = url
+                prep.headers = cast(Any, headers)
+                prep.body = data
+                prep.hooks = {"response": []}
+                adapter = self.session.get_adapter(url)
+                # requests accepts a urllib3 Timeout (its stubs only say float or tuple).
+                resp = adapter.send(prep, stream=stream, verify=self.verify, cert=self.cert,
+                                    proxies=self.session.proxies, timeout=cast(Any, limit))
+                if resp.status_code not in _REDIRECTS or not self.allow_redirects:
+                    if not stream:
+                        # Read the body here: a connection that breaks mid-answer is a
+                        # transport error (maybe applied), not a malformed reply.
+                        _ = resp.content
+                    return resp
+                location = resp.headers.get("Location")
+                resp.close()
+                if not location:
+                    break
+                url = urljoin(url, location)
+        except requests.RequestException as exc:
+            if deadline.fired:  # the guard cut a reply that trickled past the deadline
+                raise requests.ReadTimeout(f"no complete answer within {timeout:.3g} s") \
+                    from exc
+            raise
+        finally:
+            _local.deadline = None
+            deadline.release()
         raise EtcdProtocolError(f"too many redirects from {url}")
 
     def _transport_error(self, exc: requests.RequestException, endpoint: str,
                          idempotent: bool, timeout: float | None = None) -> EtcdError:
-        tls = _tls_setup_failure(exc)
+        tls = tls_setup_failure(exc)
         if tls is not None:
-            return EtcdConnectionError(f"TLS with {endpoint} failed: {tls}{_tls_hint(tls)}")
-        if _surely_unsent(exc):
+            return EtcdTLSError(f"TLS with {endpoint} failed: {tls}{tls_hint(tls)}")
+        if surely_unsent(exc):
             if isinstance(exc, requests.ConnectTimeout):
                 return EtcdTimeout(f"connecting to {endpoint} timed out")
             return EtcdConnectionError(f"cannot connect to {endpoint}")
@@ -394,11 +454,18 @@ class Transport:
         self._failed_on(failed)
         self._backoff(attempt)
 
-    def _http_error(self, resp: requests.Response) -> EtcdServerError:
+    def _http_error(self, resp: requests.Response, endpoint: str) -> EtcdError:
         try:
-            body: object = resp.json()
-        except ValueError:
-            body = resp.text[:200]
+            body: object = json.loads(resp.content)
+        except (ValueError, RecursionError):
+            text = resp.text.strip()
+            if not text or text.startswith("<") or "html" in _content_type(resp):
+                return _not_a_gateway(resp, endpoint)
+            first = text.splitlines()[0][:200]
+            return EtcdServerError(f"{first} (HTTP {resp.status_code} from {endpoint})",
+                                   status=resp.status_code)
+        if not isinstance(body, dict):
+            return _not_a_gateway(resp, endpoint)
         return error_from_body(resp.status_code, body)
 
     # -- auth ----------------------------------------------------------------
@@ -426,6 +493,11 @@ class Transport:
             if self._token == stale:
                 self._token = self._fetch_token()
 
+    @property
+    def has_credentials(self) -> bool:
+        """Whether requests carry a user's token."""
+        return self._credentials is not None
+
     def reauthenticate(self) -> None:
         """Replace the current token (after the server rejected it)."""
         self._refresh_token(self._token)
@@ -435,42 +507,59 @@ class Transport:
         if self._credentials is not None and self._token is None:
             self._refresh_token(None)
 
-    # -- streams and plain GETs -------------------------------------------------
+    # -- streams, health and plain GETs -------------------------------------------
 
-    def stream(self, path: str, body: Mapping[str, Any], *, read_timeout: float | None,
-               endpoint: str | None = None) -> requests.Response:
-        """Open a streaming POST (watch); the caller reads and closes it."""
+    def stream(self, path: str, body: Mapping[str, Any], *, endpoint: str | None = None,
+               on_deadline: Callable[[Deadline], None] | None = None) -> Stream:
+        """Open a streaming POST (a watch) on one member; the caller reads and closes it.
+
+        Its set-up (connect, send, headers) ends within the timeout, or when
+        another thread cuts the deadline handed to ``on_deadline``.  A stale
+        token is renewed once, as for :meth:`call`.
+        """
+        self._check_fork()
         self.ensure_token()
         data = _encode(body).encode()
         endpoint = endpoint or self.endpoint
-        try:
-            resp = self._send(endpoint + path, data, self._token, self.timeout, stream=True,
-                              read_timeout=read_timeout)
-        except requests.RequestException as exc:
-            raise self._transport_error(exc, endpoint, True) from exc
-        except OSError as exc:
-            raise EtcdConnectionError(f"TLS setup for {endpoint} failed: {exc}") from exc
-        if resp.status_code != 200:
+        reauthed = False
+        while True:
+            token = self._token
+            deadline = guard(self.timeout)
+            if on_deadline is not None:
+                on_deadline(deadline)
             try:
-                error = self._http_error(resp)
+                resp = self._send(endpoint + path, data, token, self.timeout, stream=True,
+                                  deadline=deadline)
+            except requests.RequestException as exc:
+                raise self._transport_error(exc, endpoint, True) from brief_cause(exc)
+            except OSError as exc:
+                raise EtcdTLSError(f"TLS setup for {endpoint} failed: {exc}") from None
+            if resp.status_code == 200:
+                return Stream(resp, endpoint)
+            try:
+                error = self._http_error(resp, endpoint)
             finally:
                 resp.close()
+            if not reauthed and self._stale_token(error):
+                reauthed = True
+                self._refresh_token(token)
+                continue
             raise error
-        return resp
 
     def get(self, path: str, endpoint: str | None = None) -> JSON:
         """GET a plain endpoint such as ``/version`` or ``/health`` from one member."""
+        self._check_fork()
         endpoint = endpoint or self.endpoint
         try:
             resp = self.session.get(endpoint + path, timeout=self.timeout, verify=self.verify,
                                     cert=self.cert)
         except requests.RequestException as exc:
-            raise self._transport_error(exc, endpoint, True) from exc
+            raise self._transport_error(exc, endpoint, True) from brief_cause(exc)
         except OSError as exc:
-            raise EtcdConnectionError(f"TLS setup for {endpoint} failed: {exc}") from exc
-        reply = _decode(resp)
+            raise EtcdTLSError(f"TLS setup for {endpoint} failed: {exc}") from None
+        reply = _decode(resp, endpoint)
         if not isinstance(reply, dict):
-            raise EtcdProtocolError(f"expected a JSON object from {path}")
+            raise _not_a_gateway(resp, endpoint)
         if resp.status_code != 200 and path != "/health":
             raise error_from_body(resp.status_code, reply)
         return reply
