@@ -210,6 +210,45 @@ def test_no_request(m: EtcdMapping, http_log: list[str],
     assert http_log == []
 
 
+# -- writes as large as one transaction holds --------------------------------------------
+
+
+def test_an_update_of_max_txn_ops_new_leaves_is_one_transaction(
+        etcd_prefix: str, etcd_client: EtcdClient, http_log: list[str]) -> None:
+    # Each new name would need a delete of its subtree beside its put (2 ops a
+    # leaf, 64 leaves at most); guards in the compare list cost no op.
+    m = EtcdMapping(etcd_prefix, client=etcd_client)
+    http_log.clear()
+    m.update({f"k{i:03}": str(i) for i in range(etcd_client.max_txn_ops)})
+    assert http_log == [TXN]
+    assert m.to_dict() == {f"k{i:03}": str(i) for i in range(etcd_client.max_txn_ops)}
+
+
+def test_an_update_that_replaces_subtrees_is_still_one_transaction(
+        etcd_prefix: str, etcd_client: EtcdClient, http_log: list[str]) -> None:
+    m = EtcdMapping(etcd_prefix, client=etcd_client)
+    m.update({"k007/old": "x", "k099/old": "x", "k050": {"deep": {"er": "x"}}})
+    http_log.clear()
+    m.update({f"k{i:03}": str(i) for i in range(100)})
+    # The guarded attempt finds three subtrees; the second attempt deletes them
+    # and writes the 100 leaves, in one transaction.
+    assert http_log == [TXN, TXN]
+    assert m.to_dict() == {f"k{i:03}": str(i) for i in range(100)}
+
+
+def test_an_update_is_all_or_nothing_for_a_concurrent_reader(
+        etcd_prefix: str, etcd_client: EtcdClient) -> None:
+    # Every revision etcd kept holds either none or all of the update.
+    m = EtcdMapping(etcd_prefix, client=etcd_client)
+    m.update({"k003/old": "x"})
+    before = etcd_client.range(etcd_prefix, prefix=True).revision
+    m.update({f"k{i:03}": "new" for i in range(100)})
+    after = etcd_client.range(etcd_prefix, prefix=True).revision
+    assert after - before == 1  # one revision for the whole update
+    assert EtcdMapping(etcd_prefix, client=etcd_client).to_dict() == {
+        f"k{i:03}": "new" for i in range(100)}
+
+
 # -- more than one request ------------------------------------------------------------------
 
 
