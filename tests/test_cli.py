@@ -645,8 +645,22 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _free_port_pair() -> int:
+    """A port that is free, and whose successor (serve's peer port) is free too."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
 def test_serve_runs_etcd_until_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port = _free_port_pair()
     data = tmp_path / "data"
     proc = subprocess.Popen([sys.executable, "-m", "etcdmap", "serve", "--port", str(port),
                              "--data-dir", str(data)], stdout=subprocess.PIPE,
