@@ -1,6 +1,6 @@
-"""How a mapping's assignments become etcd transactions.
+"""How a mapping's writes become etcd transactions.
 
-:func:`commit` sends the ops of :func:`~etcdmap._plan.plan_ops` (deletes of
+:func:`commit` sends the ops of :func:`~etcdmap._tree.plan_ops` (deletes of
 what a nested dict could not keep beside the new values, then puts):
 
 1. When they all fit in one transaction, as one transaction.
@@ -11,50 +11,92 @@ what a nested dict could not keep beside the new values, then puts):
 3. Otherwise (more leaves than one transaction holds), as ordered chunks:
    not atomic; readers may see the write half done, and a failure raises
    :class:`~etcdmap.errors.EtcdPartialWrite` saying exactly what was written.
+
+Removals (:func:`take`) read and decode first, then delete only what they
+read, and only if nothing under the name changed meanwhile, so a value the
+codec cannot read is never lost; :func:`put_if_absent` is ``setdefault``.
+Every compare-and-swap loop here is bounded (:class:`EtcdConflict`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._plan import chunk_ops, key_name, plan_ops
-from .errors import EtcdError, EtcdIndeterminateWrite, EtcdPartialWrite, EtcdRequestTooLarge
+from ._read import Reader, addressable, leaf_and_below, probe
+from ._settings import MAX_PAGE_SIZE
+from ._tree import add_to_tree, chunk_ops, plan_ops
+from ._wire.keys import key_bytes, key_name
+from .errors import (
+    EtcdConflict,
+    EtcdError,
+    EtcdIndeterminateWrite,
+    EtcdKeyError,
+    EtcdPartialWrite,
+    EtcdProtocolError,
+    EtcdRequestTooLarge,
+)
 from .ops import ALL_KEYS, Compare, Delete, Op, Put, Range
-from .records import RangeResponse
+from .records import DeleteRangeResponse, KeyValue, RangeResponse
 
 if TYPE_CHECKING:
     from .client import EtcdClient
     from .records import TxnResponse
 
-__all__ = ["commit"]
+__all__ = ["ABSENT", "commit", "put_if_absent", "take", "take_first"]
 
 # etcd's default --max-request-bytes is 1.5 MiB; keep a margin for framing.
 CHUNK_BYTES = 1_400_000
 _GUARD_ROUNDS = 4  # guarded attempts before falling back to chunks
+_CAS_RETRIES = 8  # a compare-and-swap gives up (EtcdConflict) after losing this many races
+_POPITEM_TRIES = 64  # take_first() competes with other poppers for the same few items
+_SPREAD = 16  # after a lost race, take_first() picks among this many first names
+ABSENT: Any = object()  # what take() returns when there was nothing to take
 
 
-class _Writer(Protocol):
-    _client: EtcdClient
+class WriteHooks(Protocol):
+    """What a mapping tells before and after each write it sends (a cached view waits)."""
+
+    def before_write(self) -> None:
+        """Raise to refuse the write before anything is sent."""
+
+    def after_write(self, revision: int, changed: bool) -> None:
+        """The write was applied at ``revision`` (``changed``: it changed something)."""
+
+
+class _Writer(Reader, Protocol):
     _floor: bytes
-    _bsep: bytes
+    _hooks: WriteHooks | None
 
     def _encode(self, value: Any, key: bytes) -> bytes: ...
+    def _decode(self, kv: KeyValue) -> Any: ...
     def _txn(self, compare: Sequence[Compare], success: Sequence[Op],
              failure: Sequence[Op]) -> TxnResponse: ...
+    def _names(self, page_size: int) -> Iterator[str]: ...
 
 
 def _fits(ops: Sequence[Put | Delete], max_ops: int) -> bool:
     return len(chunk_ops(list(ops), max_ops, CHUNK_BYTES)) == 1
 
 
+Progress = Callable[[int, int], None]
+
+
 def commit(m: _Writer, items: Iterable[tuple[bytes, Any]], compare: list[Compare] | None,
-           failure: Sequence[Op] | None) -> TxnResponse:
-    """Assign ``items`` (full key, value) in order; with ``compare``, only if it holds."""
-    ops = plan_ops(m._floor, m._bsep, m._encode, items)
+           failure: Sequence[Op] | None, *, clear: tuple[bytes, bytes] | None = None,
+           progress: Progress | None = None) -> TxnResponse:
+    """Assign ``items`` (full key, value) in order, after clearing ``[clear)`` if given.
+
+    With ``compare``, only if it holds.  ``progress(ops done, ops in all)`` is
+    called after each transaction.
+    """
+    ops = plan_ops(m._floor, m._bsep, m._encode, items, clear)
     limit = m._client.max_txn_ops
     if _fits(ops, limit):
-        return m._txn(compare or [], ops, failure or [])
+        return _report(m._txn(compare or [], ops, failure or []), progress, len(ops))
     if compare is not None:
         # A conditional write cannot be split: refuse before writing anything.
         raise EtcdRequestTooLarge(
@@ -65,9 +107,18 @@ def commit(m: _Writer, items: Iterable[tuple[bytes, Any]], compare: list[Compare
     if len(clears) <= limit and _fits(puts, limit):
         resp = _guarded(m, clears, puts, limit)
         if resp is not None:
-            return resp
-    # Not atomic anyway: one keys-only read spares the deletes that match nothing.
-    return _chunks(m, chunk_ops(_pruned(m._client, ops), limit, CHUNK_BYTES))
+            return _report(resp, progress, len(ops))
+    # Not atomic anyway: one keys-only read spares the deletes that match nothing,
+    # and the new values go first, so a reader never finds a name missing on the way.
+    ops = _pruned(m._client, ops)
+    ops = [op for op in ops if isinstance(op, Put)] + [op for op in ops if isinstance(op, Delete)]
+    return _chunks(m, chunk_ops(ops, limit, CHUNK_BYTES), progress)
+
+
+def _report(resp: TxnResponse, progress: Progress | None, ops: int) -> TxnResponse:
+    if progress is not None:
+        progress(ops, ops)
+    return resp
 
 
 def _guarded(m: _Writer, clears: list[Delete], puts: list[Put],
@@ -97,7 +148,8 @@ def _pruned(client: EtcdClient, ops: list[Put | Delete]) -> list[Put | Delete]:
     ends = [d.range_end or d.key + b"\0" for d in deletes]
     used: set[int] = set()
     i = 0
-    for kv in client.range_iter(deletes[0].key, ends[-1], keys_only=True, page_size=8000):
+    for kv in client.range_iter(deletes[0].key, ends[-1], keys_only=True,
+                                page_size=MAX_PAGE_SIZE):
         while i < len(deletes) and ends[i] != ALL_KEYS and ends[i] <= kv.key:
             i += 1
         if i == len(deletes):
@@ -108,7 +160,8 @@ def _pruned(client: EtcdClient, ops: list[Put | Delete]) -> list[Put | Delete]:
     return [op for op in ops if not isinstance(op, Delete) or op in keep]
 
 
-def _chunks(m: _Writer, chunks: list[list[Put | Delete]]) -> TxnResponse:
+def _chunks(m: _Writer, chunks: list[list[Put | Delete]],
+            progress: Progress | None = None) -> TxnResponse:
     """Ordered transactions; on failure, say exactly what was written."""
     def names(ops: list[Put | Delete], kind: type, show: Callable[[Any], str]) -> list[str]:
         return [show(op) for op in ops if isinstance(op, kind)]
@@ -135,5 +188,102 @@ def _chunks(m: _Writer, chunks: list[list[Put | Delete]]) -> TxnResponse:
                            for n in names(c, Put, put_name)]) from exc
         written += names(chunk, Put, put_name)
         deleted += names(chunk, Delete, delete_name)
+        if progress is not None:
+            progress(sum(map(len, chunks[:i + 1])), sum(map(len, chunks)))
     assert resp is not None
     return resp
+
+
+# -- removals and conditional puts --------------------------------------------------------
+
+
+def take(m: _Writer, full: bytes) -> Any:
+    """Remove the value at ``full`` (a subtree as a plain dict) and return it; or ABSENT."""
+    sub, end = m._dir_span(full)
+    hooks = m._hooks
+    if hooks is not None:
+        hooks.before_write()
+    for _ in range(_CAS_RETRIES):
+        leaf, below = leaf_and_below(m, full, Range(sub, end))
+        revision = leaf.revision
+        tree = below.kvs if below is not None and not leaf.kvs else ()
+        if not leaf.kvs and not addressable(m, full, tree):
+            if hooks is not None:  # nothing to remove: as fresh as that answer, still
+                hooks.after_write(revision, False)
+            return ABSENT
+        # Decode everything before deleting anything: a failure leaves etcd as it was.
+        decoded = {kv.key: m._decode(kv) for kv in (*leaf.kvs, *tree)}
+        unchanged = [Compare(full, "MOD", "<", revision + 1),
+                     Compare(sub, "MOD", "<", revision + 1, end)]
+        resp = m._txn(unchanged, [Delete(full, prev_kv=True), Delete(sub, end, prev_kv=True)],
+                      [])
+        if not resp.succeeded:
+            continue  # written meanwhile: read again
+        gone = [r for r in resp.responses if isinstance(r, DeleteRangeResponse)]
+        leaf_gone, tree_gone = gone[0].prev_kvs, gone[1].prev_kvs
+        if leaf_gone:
+            return decoded[leaf_gone[0].key]
+        out: dict[str, Any] = {}
+        add_to_tree(out, tree_gone, len(sub), m._sep, _already(decoded))
+        return out if out else ABSENT  # all deleted by someone else meanwhile
+    raise EtcdConflict(f"pop({key_name(full)!r}) lost to other writers {_CAS_RETRIES} times; "
+                       "try again")
+
+
+def take_first(m: _Writer) -> tuple[str, Any]:
+    """``popitem()``: take the first child; after a lost race, one of the first few.
+
+    Spreading out (with a jittered pause) keeps many poppers from all chasing
+    the same item; the number of tries is bounded.
+    """
+    if m._hooks is not None:
+        m._hooks.before_write()  # refused before anything is sent
+    for attempt in range(_POPITEM_TRIES):
+        if attempt:
+            time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+        spread = _SPREAD if attempt else 1
+        names = list(itertools.islice(m._names(spread), spread))
+        if not names:
+            raise EtcdKeyError("popitem(): mapping is empty")
+        name = random.choice(names) if attempt else names[0]
+        value = take(m, m._base + key_bytes(name))
+        if value is not ABSENT:
+            return name, value
+    raise EtcdConflict(f"popitem() lost to other clients {_POPITEM_TRIES} times; try again")
+
+
+def put_if_absent(m: _Writer, full: bytes, default: Any) -> tuple[str, Any]:
+    """``setdefault``, atomically: ``("stored", default)``, ``("leaf", its value)`` or
+    ``("subtree", None)`` for what was there."""
+    sub, end = m._dir_span(full)
+    # First try "nothing at all under this name"; if only unaddressable keys
+    # are there, retry with "the subtree has not changed since we checked".
+    subtree_guard = Compare(sub, "VERSION", "==", 0, end)
+    for _ in range(_CAS_RETRIES):
+        resp = commit(m, [(full, default)],
+                      [Compare(full, "VERSION", "==", 0), subtree_guard],
+                      [Range(full), probe(m, full)])
+        if resp.succeeded:
+            return "stored", default
+        leaf, tree = _ranges(resp)
+        if leaf.kvs:
+            return "leaf", m._decode(leaf.kvs[0])
+        if addressable(m, full, tree.kvs):
+            return "subtree", None
+        subtree_guard = Compare(sub, "MOD", "<", resp.revision + 1, end)
+    raise EtcdConflict(f"setdefault({key_name(full)!r}) lost to other writers {_CAS_RETRIES} "
+                       "times; try again")
+
+
+def _ranges(resp: TxnResponse) -> list[RangeResponse]:
+    out = [r for r in resp.responses if isinstance(r, RangeResponse)]
+    if len(out) != len(resp.responses):
+        raise EtcdProtocolError("a transaction of ranges got other answers")
+    return out
+
+
+def _already(decoded: dict[bytes, Any]) -> Callable[[bytes, bytes], Any]:
+    """A decode function that looks values up in what was decoded already."""
+    def lookup(_: bytes, key: bytes) -> Any:
+        return decoded[key]
+    return lookup

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._plan import key_name
+from ._wire.keys import key_name
 from .codecs import decode_or_raw, decode_value
 from .errors import (
     EtcdClosed,
@@ -53,8 +53,10 @@ _LIVE: weakref.WeakSet[Mirror] = weakref.WeakSet()
 class Mirror:
     """The local copy of one subtree, what every node of one cache shares."""
 
-    def __init__(self, mapping: EtcdMapping, on_change: OnChange | None):
+    def __init__(self, mapping: EtcdMapping, on_change: OnChange | None,
+                 make_node: Callable[[Mirror, EtcdMapping], CachedMapping]):
         self.mapping = mapping  # the root's mapping: writes, derived views
+        self._make_node = make_node  # a node of the cache over a mapping
         self.base = mapping._base
         self.sep = mapping._bsep
         self.lock = threading.RLock()
@@ -84,9 +86,7 @@ class Mirror:
         """The node of a directory below the root (made empty if new)."""
         node = self.nodes.get(prefix)
         if node is None:
-            from .cache import CachedMapping
-
-            node = CachedMapping._node(self, self.mapping._derive(prefix))
+            node = self._make_node(self, self.mapping._derive(prefix))
             self.nodes[prefix] = node
         return node
 

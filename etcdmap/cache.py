@@ -25,12 +25,13 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, M
 from typing import Any
 
 from ._mirror import Mirror
-from ._plan import key_bytes
+from ._settings import READ_TIMEOUT
+from ._tree import plain
+from ._wire.keys import key_bytes
 from .client import EtcdClient
-from .codecs import Codec
 from .errors import EtcdKeyError
 from .lease import Lease
-from .mapping import EtcdMapping, _plain
+from .mapping import EtcdMapping
 from .records import Event
 from .watch import Watcher
 
@@ -51,23 +52,18 @@ class CachedMapping(dict):  # type: ignore[type-arg]
     _mapping: EtcdMapping
     _root: bool
 
-    def __init__(
-        self,
-        prefix: str = "",
-        *,
-        client: EtcdClient | None = None,
-        endpoints: str | list[str] | None = None,
-        sep: str = "/",
-        codec: str | Codec = "str",
-        page_size: int = 1000,
-        on_change: OnChange | None = None,
-    ):
+    def __init__(self, mapping: EtcdMapping | str = "", *, on_change: OnChange | None = None,
+                 endpoints: str | list[str] | None = None):
+        """A cache of ``mapping`` (or of an :class:`EtcdMapping` made from a prefix and
+        ``endpoints``); ``mapping.cached()`` is the usual way to make one."""
         dict.__init__(self)
-        mapping = EtcdMapping(prefix, client=client, endpoints=endpoints, sep=sep, codec=codec,
-                              page_size=page_size)
+        if isinstance(mapping, EtcdMapping):  # a view of its own: the hooks stay on it
+            mapping = mapping._derive()
+        else:
+            mapping = EtcdMapping(mapping, endpoints=endpoints)
         self._root = True
         self._mapping = mapping
-        self._mirror = mirror = Mirror(mapping, on_change)
+        self._mirror = mirror = Mirror(mapping, on_change, CachedMapping._node)
         mapping._hooks = mirror  # views derived from it inherit the hooks
         mirror.root = weakref.ref(self)
         try:
@@ -282,7 +278,7 @@ class CachedMapping(dict):  # type: ignore[type-arg]
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
             return NotImplemented
-        return bool(self.to_dict() == _plain(other))
+        return bool(self.to_dict() == plain(other))
 
     def __ne__(self, other: object) -> bool:
         equal = self.__eq__(other)
@@ -293,12 +289,12 @@ class CachedMapping(dict):  # type: ignore[type-arg]
     def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
         if not isinstance(other, Mapping):
             return NotImplemented
-        return {**self.to_dict(), **_plain(other)}
+        return {**self.to_dict(), **plain(other)}
 
     def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
         if not isinstance(other, Mapping):
             return NotImplemented
-        return {**_plain(other), **self.to_dict()}
+        return {**plain(other), **self.to_dict()}
 
     # -- writes: to etcd through the mapping, whose hooks wait for the copy -----------------
 
@@ -362,7 +358,10 @@ class CachedMapping(dict):  # type: ignore[type-arg]
         return self._mapping.ttl(key)
 
     def watch(self, key: str | None = None, *, start_revision: int | None = None,
-              prev_kv: bool = False, read_timeout: float = 60.0) -> Watcher[Any]:
+              prev_kv: bool = False, read_timeout: float = READ_TIMEOUT) -> Watcher[Any]:
         """Changes under this node, as :meth:`EtcdMapping.watch`."""
         return self._mapping.watch(key, start_revision=start_revision, prev_kv=prev_kv,
                                    read_timeout=read_timeout)
+
+
+EtcdMapping.cache_type = CachedMapping  # what EtcdMapping.cached() makes

@@ -8,21 +8,35 @@ mappings.  Keys and values are ``str`` (UTF-8) or ``bytes``: what goes in as
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
-import os
-import re
-import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import requests
-
-from ._classic import ClassicMixin, like
+from ._settings import (
+    MAX_PAGE_SIZE,
+    MAX_TXN_OPS,
+    PAGE_SIZE,
+    READ_TIMEOUT,
+    Settings,
+    txn_read_crashes,
+)
 from ._transport import Transport
-from .errors import EtcdCompacted, EtcdError, EtcdProtocolError, EtcdUnavailable
+from ._wire.replies import (
+    check_txn,
+    guarded,
+    header_revision,
+    parse_delete,
+    parse_keepalive,
+    parse_lease_grant,
+    parse_put,
+    parse_range,
+    parse_time_to_live,
+    parse_txn,
+)
+from .compat import ClassicMixin, like
+from .errors import EtcdCompacted, EtcdError
 from .lease import Lease
+from .members import MembersMixin
 from .ops import (
     ALL_KEYS,
     Compare,
@@ -36,40 +50,23 @@ from .ops import (
     prefix_end,
     to_bytes,
 )
-from .parse import (
-    guarded,
-    header_revision,
-    parse_delete,
-    parse_keepalive,
-    parse_lease_grant,
-    parse_members,
-    parse_put,
-    parse_range,
-    parse_status,
-    parse_time_to_live,
-    parse_txn,
-)
 from .records import (
     DeleteRangeResponse,
     KeyValue,
     LeaseGrant,
     LeaseInfo,
-    Member,
     PutResponse,
     RangeResponse,
-    Status,
     TxnResponse,
 )
 from .watch import Watcher
 
+if TYPE_CHECKING:
+    import requests
+
 __all__ = ["EtcdClient"]
 
 K = TypeVar("K", str, bytes)
-DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
-PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 8000
-SYNC_INTERVAL = 5.0
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -77,59 +74,7 @@ def _ignore(body: Mapping[str, Any]) -> None:
     """For replies that carry nothing but a header."""
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def go_duration(text: str) -> float:
-    """Seconds in a Go duration such as ``"2s"``, ``"500ms"`` or ``"1m30s"`` (or plain seconds)."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (expected e.g. 5s, 500ms or 1m30s)")
-    return sum(float(n) * _UNIT[u] for n, u in parts)
-
-
-def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
-    """``value`` as seconds, or the ``TypeError``/``ValueError`` that names ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        kind = "a finite number of seconds >= 0" if zero else "a finite positive number of seconds"
-        raise ValueError(f"{name} must be {kind}, not {value!r}")
-    return float(value)
-
-
-def check_count(name: str, value: object) -> int:
-    """``value`` as a positive count, or the ``TypeError``/``ValueError`` that names ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {value!r}")
-    return value
-
-
-def _check_optional_str(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-
-
-def _env_credentials(username: str | None, password: str | None) -> tuple[str, str] | None:
-    if username is None:
-        user = os.environ.get("ETCDCTL_USER")
-        if user is None:
-            return None
-        username, sep, from_user = user.partition(":")
-        if password is None:
-            password = from_user if sep else os.environ.get("ETCDCTL_PASSWORD", "")
-    return (username, password or "")
-
-
-class EtcdClient(ClassicMixin):
+class EtcdClient(MembersMixin, ClassicMixin):
     """A client for one etcd cluster, over its v3 JSON gateway.
 
     ``endpoints`` is a URL, a comma-separated string or a list of URLs; unset it
@@ -159,57 +104,33 @@ class EtcdClient(ClassicMixin):
         session: requests.Session | None = None,
         allow_redirects: bool = False,
         auto_sync: bool = False,
-        max_txn_ops: int = 128,
+        max_txn_ops: int = MAX_TXN_OPS,
     ):
-        env = os.environ
-        if endpoints is None:
-            endpoints = env.get("ETCDCTL_ENDPOINTS") or DEFAULT_ENDPOINT
-        if timeout is None:
-            dial = env.get("ETCDCTL_DIAL_TIMEOUT")
-            timeout = go_duration(dial) if dial else 5.0
-        timeout = check_seconds("timeout", timeout)
-        if retry_deadline is not None:
-            retry_deadline = check_seconds("retry_deadline", retry_deadline, zero=True)
-        max_txn_ops = check_count("max_txn_ops", max_txn_ops)
-        for name, value in (("username", username), ("password", password),
-                            ("ca_cert", ca_cert), ("cert", cert), ("key", key),
-                            ("ssl_cert", ssl_cert), ("ssl_key", ssl_key)):
-            _check_optional_str(name, value)
-        if not isinstance(verify, bool):
-            raise TypeError(f"verify must be a bool (ca_cert= names a CA file), "
-                            f"not {type(verify).__name__}")
-        ca_cert = ca_cert or env.get("ETCDCTL_CACERT")
-        if cert or ssl_cert:  # an explicit certificate never pairs with the env's key
-            cert, key = cert or ssl_cert, key or ssl_key
-        else:
-            cert, key = env.get("ETCDCTL_CERT"), key or ssl_key or env.get("ETCDCTL_KEY")
-        tls_cert: str | tuple[str, str] | None = (cert, key) if cert and key else cert
-        tls_verify: bool | str = (ca_cert or True) if verify else False
-        self.max_txn_ops = max_txn_ops
+        settings = Settings.resolve(
+            endpoints=endpoints, timeout=timeout, retry_deadline=retry_deadline,
+            username=username, password=password, ca_cert=ca_cert, cert=cert, key=key,
+            verify=verify, ssl_cert=ssl_cert, ssl_key=ssl_key, allow_redirects=allow_redirects,
+            auto_sync=auto_sync, max_txn_ops=max_txn_ops)
+        self._settings = settings
+        self.max_txn_ops = settings.max_txn_ops
         self._auto_sync = auto_sync
         self._sync_due = auto_sync  # the first request learns the cluster's members
         self._last_sync = 0.0
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._txn_read_safety: dict[str, bool] = {}  # endpoint -> see txn_reads
+        explicit = settings.retry_deadline
         self._transport = Transport(
-            endpoints,
-            timeout=timeout,
-            retry_deadline=timeout if retry_deadline is None else retry_deadline,
+            settings.endpoints,
+            timeout=settings.timeout,
+            retry_deadline=settings.timeout if explicit is None else explicit,
             # With nothing listening anywhere, wait long only if asked to.
-            dial_window=None if retry_deadline is None else retry_deadline,
+            dial_window=explicit,
             session=session,
-            verify=tls_verify,
-            cert=tls_cert,
-            credentials=_env_credentials(username, password),
+            verify=settings.tls_verify,
+            cert=settings.tls_cert,
+            credentials=settings.credentials,
             allow_redirects=allow_redirects,
         )
-        # What a pickle carries to rebuild an equal client elsewhere: never secrets.
-        self._config: dict[str, Any] = {
-            "endpoints": list(self._transport.endpoints), "timeout": timeout,
-            "retry_deadline": retry_deadline, "ca_cert": ca_cert, "cert": cert, "key": key,
-            "verify": verify, "allow_redirects": allow_redirects, "auto_sync": auto_sync,
-            "max_txn_ops": max_txn_ops,
-        }
         if auto_sync:
             self._transport.on_endpoint_failure = self._mark_sync_due
 
@@ -238,7 +159,7 @@ class EtcdClient(ClassicMixin):
     def __reduce__(self) -> Any:
         # Endpoints, timeouts and TLS file paths travel; the user and password
         # never do: the rebuilt client takes them from ETCDCTL_USER/PASSWORD.
-        return (_rebuild, (dict(self._config),))
+        return (_rebuild, (self._settings.portable(list(self._transport.endpoints)),))
 
     def __copy__(self) -> EtcdClient:
         return self  # a client is a connection, like a socket: copies share it
@@ -252,8 +173,7 @@ class EtcdClient(ClassicMixin):
     @property
     def endpoints(self) -> list[str]:
         """The endpoints in use, current first."""
-        t = self._transport
-        return t.endpoints[t._current:] + t.endpoints[:t._current]
+        return self._transport.endpoints_in_order()
 
     @property
     def timeout(self) -> float:
@@ -270,19 +190,6 @@ class EtcdClient(ClassicMixin):
         reply = self._transport.call(path, body, idempotent=idempotent, endpoint=endpoint,
                                      timeout=timeout, deadline=deadline)
         return guarded(parse, reply, path)
-
-    def _mark_sync_due(self) -> None:
-        # After a failover, relearn the members (at most every few seconds).
-        if time.monotonic() - self._last_sync > SYNC_INTERVAL:
-            self._sync_due = True
-
-    def _auto_sync_now(self) -> None:
-        self._sync_due = False
-        self._last_sync = time.monotonic()
-        try:
-            self.sync_endpoints()
-        except EtcdError as exc:  # keep the endpoints we have
-            log.warning("endpoint auto-sync failed: %s", type(exc).__name__)
 
     def range(
         self,
@@ -368,7 +275,7 @@ class EtcdClient(ClassicMixin):
         body = Txn(compare, success, failure).to_wire()
         read_only = all(isinstance(op, Range) for op in (*success, *failure))
         resp = self._rpc("/v3/kv/txn", body, parse_txn, idempotent=read_only)
-        _check_txn(resp, success if resp.succeeded else failure)
+        check_txn(resp, success if resp.succeeded else failure)
         return resp
 
     @property
@@ -387,7 +294,7 @@ class EtcdClient(ClassicMixin):
                 version = self._transport.get("/version", endpoint).get("etcdserver", "")
             except EtcdError:
                 return False  # ask again next time
-            safe = self._txn_read_safety[endpoint] = not _txn_read_crashes(str(version))
+            safe = self._txn_read_safety[endpoint] = not txn_read_crashes(str(version))
         return safe
 
     def range_many(self, ranges: Sequence[Range]) -> list[RangeResponse]:
@@ -476,45 +383,10 @@ class EtcdClient(ClassicMixin):
         return self._rpc("/v3/lease/timetolive", {"ID": lease_id, "keys": keys},
                          parse_time_to_live, idempotent=True)
 
-    # -- cluster -----------------------------------------------------------------
-
-    def members(self) -> list[Member]:
-        """The cluster's members."""
-        return self._rpc("/v3/cluster/member/list", {}, parse_members, idempotent=True)
-
-    def status(self, endpoint: str | None = None) -> Status:
-        """One member's status (the current endpoint's unless given)."""
-        return self._rpc("/v3/maintenance/status", {}, parse_status, idempotent=True,
-                         endpoint=endpoint.rstrip("/") if endpoint else None)
-
-    def version(self) -> dict[str, str]:
-        """``{"etcdserver": ..., "etcdcluster": ...}`` of the current endpoint."""
-        return {k: str(v) for k, v in self._transport.get("/version").items()}
-
-    def machines(self) -> list[str]:
-        """The client URLs of every member."""
-        return [url for m in self.members() for url in m.client_urls]
-
-    def leader(self) -> str:
-        """The client URL of the current leader."""
-        members = self.members()
-        leader_id = self.status().leader
-        for m in members:
-            if m.id == leader_id and m.client_urls:
-                return m.client_urls[0]
-        raise EtcdUnavailable("the cluster has no leader right now")
-
-    def sync_endpoints(self) -> list[str]:
-        """Replace the endpoint list with the members' client URLs."""
-        urls = [url for m in self.members() if not m.is_learner for url in m.client_urls]
-        if urls:
-            self._transport.set_endpoints(urls)
-        return self.endpoints
-
     # -- watch ---------------------------------------------------------------------
 
     def watch_iter(self, key: K, *, prefix: bool = False, start_revision: int | None = None,
-                   prev_kv: bool = False, read_timeout: float = 60.0) -> Watcher[K]:
+                   prev_kv: bool = False, read_timeout: float = READ_TIMEOUT) -> Watcher[K]:
         """Iterate the changes of ``key`` (or of every key under it); resumes on failure.
 
         Without ``start_revision`` it sees changes made after it returns.
@@ -532,7 +404,7 @@ class EtcdClient(ClassicMixin):
                     key_fn: Callable[[bytes], Any], value_fn: Callable[[bytes], Any],
                     accept: Callable[[bytes], bool] | None = None,
                     start_revision: int | None = None, prev_kv: bool = False,
-                    read_timeout: float = 60.0) -> Watcher[Any]:
+                    read_timeout: float = READ_TIMEOUT) -> Watcher[Any]:
         """Watch ``[key, range_end)``, converting keys and values with the given functions.
 
         ``accept`` filters events by their raw key.
@@ -547,28 +419,6 @@ class EtcdClient(ClassicMixin):
         lease = Lease(self, ttl, keepalive=keepalive, on_expired=on_expired)
         self._leases.add(lease)
         return lease
-
-
-_REPLY_OF = {Range: RangeResponse, Put: PutResponse, Delete: DeleteRangeResponse, Txn: TxnResponse}
-
-
-def _check_txn(resp: TxnResponse, ops: Sequence[Op]) -> None:
-    """A txn reply holds one response per op of the branch that ran, of the right kind."""
-    if len(resp.responses) != len(ops) or any(
-            not isinstance(r, _REPLY_OF[type(op)])
-            for r, op in zip(resp.responses, ops, strict=True)):
-        raise EtcdProtocolError(
-            f"a transaction of {len(ops)} ops got {len(resp.responses)} answers "
-            "that do not match them")
-
-
-def _txn_read_crashes(version: str) -> bool:
-    """Whether an etcd server of ``version`` can crash on an abandoned read-only txn."""
-    parts = re.findall(r"\d+", version)[:3]
-    if len(parts) < 3:
-        return True  # unknown: be careful
-    major, minor, patch = (int(p) for p in parts)
-    return (major, minor) == (3, 5) and patch <= 6
 
 
 def _rebuild(config: dict[str, Any]) -> EtcdClient:

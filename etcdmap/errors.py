@@ -27,11 +27,18 @@ code written for dicts and sockets catch what it already expects::
         │   └── EtcdCompacted                   the revision has been compacted
         ├── EtcdUnavailable                     gRPC 14, e.g. no leader
         └── EtcdAuthError                       gRPC 16 and failed logins
+
+This module is also the one place that reads etcd's error codes: gRPC status
+codes (:class:`GrpcCode`), HTTP statuses and messages become classes here,
+for unary replies (:func:`error_from_body`) and watch streams
+(:func:`error_from_frame`) alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "EtcdAuthError",
@@ -58,8 +65,30 @@ __all__ = [
     "EtcdTimeout",
     "EtcdUnavailable",
     "EtcdWatchError",
-    "error_from_body",
+    "GrpcCode",
 ]
+
+
+class GrpcCode(enum.IntEnum):
+    """gRPC status codes, as etcd's gateway reports them in ``code``."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class EtcdError(Exception):
@@ -191,7 +220,7 @@ class EtcdCompacted(EtcdOutOfRange):
         message: str,
         *,
         compact_revision: int | None = None,
-        code: int | None = 11,
+        code: int | None = GrpcCode.OUT_OF_RANGE,
         status: int | None = None,
     ):
         super().__init__(message, code=code, status=status)
@@ -207,14 +236,16 @@ class EtcdAuthError(EtcdServerError):
 
 
 _BY_CODE: dict[int, type[EtcdServerError]] = {
-    3: EtcdInvalidArgument,
-    5: EtcdLeaseNotFound,
-    7: EtcdPermissionError,
-    8: EtcdQuotaExceeded,
-    11: EtcdOutOfRange,
-    14: EtcdUnavailable,
-    16: EtcdAuthError,
+    GrpcCode.INVALID_ARGUMENT: EtcdInvalidArgument,
+    GrpcCode.NOT_FOUND: EtcdLeaseNotFound,
+    GrpcCode.PERMISSION_DENIED: EtcdPermissionError,
+    GrpcCode.RESOURCE_EXHAUSTED: EtcdQuotaExceeded,
+    GrpcCode.OUT_OF_RANGE: EtcdOutOfRange,
+    GrpcCode.UNAVAILABLE: EtcdUnavailable,
+    GrpcCode.UNAUTHENTICATED: EtcdAuthError,
 }
+# Codes that mean "this member cannot serve now; another one (or later) may".
+_TRANSIENT = frozenset({GrpcCode.UNAVAILABLE, GrpcCode.UNKNOWN, GrpcCode.DEADLINE_EXCEEDED})
 _BY_STATUS: dict[int, type[EtcdServerError]] = {
     401: EtcdAuthError,
     403: EtcdPermissionError,
@@ -249,3 +280,27 @@ def error_from_body(status: int, body: object) -> EtcdServerError:
           or "larger than max" in lowered) and cls in (EtcdInvalidArgument, EtcdQuotaExceeded):
         cls = EtcdRequestTooLarge
     return cls(message, code=code, status=status)
+
+
+def transient(error: EtcdError) -> bool:
+    """Whether ``error`` says the member cannot serve now (a read may try another one)."""
+    return isinstance(error, EtcdUnavailable) or (
+        isinstance(error, EtcdServerError) and error.code in _TRANSIENT)
+
+
+def error_from_frame(frame: Mapping[str, Any] | str) -> EtcdServerError:
+    """The error of an ``{"error": ...}`` frame in a watch stream.
+
+    A member that shuts down or loses its leader ends a stream with such a
+    frame: those (and frames without a code) are :class:`EtcdUnavailable`,
+    meaning "resume elsewhere".
+    """
+    err = frame if isinstance(frame, Mapping) else {"message": str(frame)}
+    raw = err.get("grpc_code", err.get("code"))
+    code = raw if isinstance(raw, int) else None
+    text = str(err.get("message", "watch stream error"))
+    if code is None or code == GrpcCode.CANCELLED or code in _TRANSIENT:
+        return EtcdUnavailable(text, code=code)
+    status = err.get("http_code")
+    return error_from_body(status if isinstance(status, int) else 500,
+                           {"code": code, "message": text})

@@ -17,21 +17,23 @@ keepalive restarts the first time the lease is used there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import EtcdError, EtcdLeaseExpired, EtcdLeaseNotFound
+from .ops import Op, Put
 
 if TYPE_CHECKING:
     from .client import EtcdClient
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "LeasePolicy", "PerWrite", "Shared"]
 
 log = logging.getLogger(__name__)
 _MIN_ATTEMPT = 0.2  # seconds: the shortest a refresh attempt may wait for an answer
@@ -199,3 +201,61 @@ class Lease:
                           "manager, or call revoke() or close()", ResourceWarning,
                           source=self, stacklevel=2)
         self._stop.set()
+
+
+# -- the write policies a mapping's views apply --------------------------------------
+
+
+class LeasePolicy(Protocol):
+    """What a TTL or lease view does to the writes that go through it."""
+
+    lease: Lease | None  # the shared lease, if there is one
+
+    def attach(self, ops: Sequence[Op]) -> list[Op]:
+        """``ops`` with the view's lease on every put."""
+
+    def refused(self, exc: EtcdLeaseNotFound) -> EtcdError:
+        """What to raise when etcd refused a write for its lease."""
+
+
+def _with_lease(ops: Sequence[Op], lease_id: int) -> list[Op]:
+    return [dataclasses.replace(op, lease=lease_id) if isinstance(op, Put) else op for op in ops]
+
+
+class PerWrite:
+    """``with_ttl(seconds)``: each write gets a fresh lease, so it expires ``ttl`` after it."""
+
+    lease = None
+
+    def __init__(self, client: EtcdClient, ttl: int):
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+            raise ValueError(f"ttl must be a positive int of seconds, not {ttl!r}")
+        self.client, self.ttl = client, ttl
+
+    def attach(self, ops: Sequence[Op]) -> list[Op]:
+        """``ops`` with a new lease on every put (none is granted for a write without puts)."""
+        if not any(isinstance(op, Put) for op in ops):
+            return list(ops)
+        return _with_lease(ops, self.client.lease_grant(self.ttl).id)
+
+    def refused(self, exc: EtcdLeaseNotFound) -> EtcdError:
+        """A fresh lease refused: pass etcd's error on."""
+        return exc
+
+
+class Shared:
+    """``lease()``: every write shares one kept-alive lease; a lapsed one refuses writes."""
+
+    def __init__(self, lease: Lease):
+        self.lease = lease
+
+    def attach(self, ops: Sequence[Op]) -> list[Op]:
+        """``ops`` with the lease on every put; :class:`EtcdLeaseExpired` if it lapsed."""
+        if not any(isinstance(op, Put) for op in ops):
+            return list(ops)
+        return _with_lease(ops, self.lease.check())
+
+    def refused(self, exc: EtcdLeaseNotFound) -> EtcdError:
+        """etcd no longer knows the lease: it lapsed (``on_expired`` is told)."""
+        self.lease.mark_expired("the server rejected it")
+        return EtcdLeaseExpired(f"lease {self.lease.id:x} has expired")

@@ -10,61 +10,53 @@ a nested dict:
   still reaches the subtree.  ``del``/``pop`` remove both.
 * **No empty directories.**  etcd stores keys, not directories, so assigning
   ``{}`` stores nothing and leaves no key behind.
-* **Keys that are not UTF-8** (written by other tools) are names with
-  ``surrogateescape`` (``b"\\xff"`` is ``"\\udcff"``), which address them again.
-* Keys with an empty path segment (``a//b``, written by other tools) cannot be
-  addressed and are skipped by iteration, ``len`` and ``to_dict``.
+* **Keys other tools wrote** that are not UTF-8 are names with ``surrogateescape``;
+  keys with an empty path segment (``a//b``) cannot be addressed and are skipped.
 
-Most methods are one round trip (one range, one delete or one transaction);
-the exceptions are listed in the README ("What each spelling costs").
+This module is the dict surface: reads become ranges in :mod:`._read`, writes
+transactions in :mod:`._commit`, paths and write plans are the pure :mod:`._tree`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._commit import commit
-from ._live import LiveMixin
-from ._plan import add_to_tree, key_bytes, key_name, parse_key
-from ._scan import Children, fresh_len
-from .client import EtcdClient, check_count
+from ._commit import ABSENT, commit, put_if_absent, take, take_first
+from ._over_time import OverTime
+from ._read import Children, fresh_len, has_children, lookup, tree_at, values_of
+from ._settings import PAGE_SIZE, check_count
+from ._tree import pairs_of, parse_key, plain, prefix_bytes
+from ._wire.keys import key_bytes, key_name
+from ._wire.replies import changed
+from .client import EtcdClient
 from .codecs import Codec, decode_value, encode_value, get_codec
-from .errors import EtcdConflict, EtcdKeyError, EtcdProtocolError
-from .ops import ALL_KEYS, Compare, Delete, Range, prefix_end
-from .records import DeleteRangeResponse, KeyValue, RangeResponse
+from .errors import EtcdKeyError, EtcdLeaseNotFound
+from .lease import PerWrite
+from .ops import ALL_KEYS, Compare, Delete, Op, prefix_end
+from .records import DeleteRangeResponse, KeyValue, TxnResponse
 from .views import EtcdItemsView, EtcdKeysView, EtcdValuesView
 
 if TYPE_CHECKING:
     from .cache import CachedMapping
-    from .records import Event, TxnResponse
+    from .records import Event
 
 __all__ = ["EtcdMapping"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
-_CAS_RETRIES = 8  # a compare-and-swap gives up (EtcdConflict) after losing this many races
-_POPITEM_TRIES = 64  # popitem() competes with other poppers for the same few items
-_SPREAD = 16  # after a lost race, popitem() picks among this many first names
 
 
-def _plain(value: Any) -> Any:
-    """Nested mappings as plain dicts."""
-    if isinstance(value, EtcdMapping):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def _name(name: str, kv: KeyValue | None) -> str:
+    return name
 
 
-class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
+class EtcdMapping(OverTime, MutableMapping[str, Any]):
     """A dict-like view of the keys under ``prefix`` in etcd."""
 
-    _fresh: Any = None  # what the last iterator read, for the len() after it (see _scan)
+    _fresh: Any = None  # what the last iterator read, for the len() after it (see _read)
+    # The cache class, registered by etcdmap.cache (which builds on this module).
+    cache_type: Callable[..., CachedMapping] | None = None
 
     def __init__(
         self,
@@ -74,25 +66,15 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         endpoints: str | list[str] | None = None,
         sep: str = "/",
         codec: str | Codec = "str",
-        page_size: int = 1000,
+        page_size: int = PAGE_SIZE,
     ):
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
-        if not isinstance(sep, str):
-            raise TypeError(f"sep must be a str, not {type(sep).__name__}")
-        if not sep:
-            raise ValueError("sep must not be empty")
         if client is not None and endpoints is not None:
             raise TypeError("give client or endpoints, not both")
         if client is not None and not isinstance(client, EtcdClient):
             raise TypeError(f"client must be an EtcdClient, not {type(client).__name__}")
         self._codec = get_codec(codec)
         self._page_size = check_count("page_size", page_size)
-        try:
-            base = key_bytes(prefix if not prefix or prefix.endswith(sep) else prefix + sep)
-        except UnicodeEncodeError:
-            raise ValueError(f"invalid prefix {prefix!r}: a lone surrogate is no etcd key") \
-                from None
+        base = prefix_bytes(prefix, sep)
         self._owns_client = client is None
         self._client = client if client is not None else EtcdClient(endpoints)
         self._sep = sep
@@ -100,14 +82,14 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         self._base = base
         self._floor = base  # writes clear ancestor leaves down to here, not above
 
-    def _derive(self, base: bytes) -> EtcdMapping:
-        """A mapping like this one (same client, codec, lease, hooks) over ``base``."""
-        child = object.__new__(type(self))
-        child.__dict__.update(self.__dict__)
-        child._owns_client = False
-        child._base = base
-        child._fresh = None
-        return child
+    def _derive(self, base: bytes | None = None, **attrs: Any) -> EtcdMapping:
+        """A view like this one (same client, codec, lease, hooks) over ``base``."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.__dict__.update(attrs, _owns_client=False, _fresh=None)
+        if base is not None:
+            view._base = base
+        return view
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -128,25 +110,23 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         sub = full + self._bsep
         return sub, prefix_end(sub)
 
-    def _probe(self, full: bytes, revision: int = 0) -> Range:
-        """A range that finds the first key of the subtree at ``full``."""
-        return Range(*self._dir_span(full), limit=1, keys_only=True, revision=revision)
+    def _subtree_names(self, full: bytes) -> Iterator[str]:
+        return iter(self._derive(full + self._bsep))
 
-    def _addressable(self, full: bytes, first: tuple[KeyValue, ...]) -> bool:
-        """Whether the subtree at ``full`` holds an addressable key, given its first key."""
-        if not first:
-            return False
-        rel = first[0].key[len(full) + len(self._bsep):]
-        if rel and b"" not in rel.split(self._bsep):
-            return True
-        # Rare: keys with empty segments, written by other tools. Look further.
-        return next(iter(self._derive(full + self._bsep)), None) is not None
+    def _names(self, page_size: int) -> Iterator[str]:
+        return self._children(_name, keys_only=True, page_size=page_size)
 
     def _decode(self, kv: KeyValue) -> Any:
         return decode_value(self._codec, kv.value, kv.key)
 
     def _decode_at(self, data: bytes, key: bytes) -> Any:
         return decode_value(self._codec, data, key)
+
+    def _encode(self, value: Any, key: bytes) -> bytes:
+        return encode_value(self._codec, value, key)
+
+    def _full(self, key: object, *, write: bool) -> bytes:
+        return self._base + parse_key(key, self._sep, write=write)
 
     def close(self) -> None:
         """Close the client, if this mapping created it."""
@@ -181,8 +161,9 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         if self.current_lease is not None:
             raise TypeError("a lease() view is bound to a lease kept alive in this process "
                             "and cannot be pickled; pickle the mapping it came from")
+        ttl = self._policy.ttl if isinstance(self._policy, PerWrite) else 0
         return (_rebuild, (self._client, key_name(self._base), self._sep, self._codec,
-                           self._page_size, self._ttl))
+                           self._page_size, ttl))
 
     @classmethod
     def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> dict[Any, Any]:
@@ -191,36 +172,9 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
 
     # -- reads -----------------------------------------------------------------------
 
-    def _leaf_and_below(self, full: bytes, below: Range, *, keys_only: bool = False,
-                        revision: int = 0) -> tuple[RangeResponse, RangeResponse | None]:
-        """The leaf at ``full`` and the answer to ``below``, read at one revision.
-
-        One read-only transaction where that is safe; else the leaf first, and
-        ``below`` (pinned to its revision) only when there is no leaf.
-        """
-        leaf_req = Range(full, keys_only=keys_only, revision=revision)
-        if self._client.txn_reads:
-            leaf, tree = self._client.range_many([leaf_req, below])
-            return leaf, tree
-        (leaf,) = self._client.range_many([leaf_req])
-        if leaf.kvs:
-            return leaf, None
-        pinned = dataclasses.replace(below, revision=revision or leaf.revision)
-        return leaf, self._client.range_many([pinned])[0]
-
-    def _lookup(self, full: bytes, *, keys_only: bool = False,
-                revision: int = 0) -> tuple[KeyValue | None, bool, int]:
-        """The leaf at ``full``, whether a subtree is there, and the revision read at."""
-        leaf, tree = self._leaf_and_below(full, self._probe(full), keys_only=keys_only,
-                                          revision=revision)
-        at = revision or leaf.revision
-        if leaf.kvs:
-            return leaf.kvs[0], False, at  # a leaf wins: no need to look at the subtree
-        return None, tree is not None and self._addressable(full, tree.kvs), at
-
     def __getitem__(self, key: str) -> Any:
-        full = self._base + parse_key(key, self._sep, write=False)
-        kv, is_dir, _ = self._lookup(full)
+        full = self._full(key, write=False)
+        kv, is_dir, _ = lookup(self, full)
         if kv is not None:
             return self._decode(kv)
         if is_dir:
@@ -239,16 +193,15 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
     # Mapping.__contains__ would decode the value; a keys-only lookup is enough.
     def __contains__(self, key: object) -> bool:
         try:
-            full = self._base + parse_key(key, self._sep, write=False)
+            full = self._full(key, write=False)
         except KeyError:
             return False
-        kv, is_dir, _ = self._lookup(full, keys_only=True)
+        kv, is_dir, _ = lookup(self, full, keys_only=True)
         return kv is not None or is_dir
 
     def submapping(self, key: str) -> EtcdMapping:
         """The live sub-mapping at ``key``, whether or not anything is stored there."""
-        full = self._base + parse_key(key, self._sep, write=True)
-        return self._derive(full + self._bsep)
+        return self._derive(self._full(key, write=True) + self._bsep)
 
     def _children(self, convert: Callable[[str, KeyValue | None], T], *, keys_only: bool,
                   page_size: int | None = None) -> Children[T]:
@@ -276,14 +229,7 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
 
     # Mapping would be truthy through __len__ (a scan): the first key is enough.
     def __bool__(self) -> bool:
-        start, end = self._span()
-        first = self._client.range(start, end, limit=1, keys_only=True).kvs
-        if not first:
-            return False
-        rel = first[0].key[len(self._base):]
-        if rel and b"" not in rel.split(self._bsep):
-            return True
-        return next(iter(self), None) is not None  # rare: empty segments first
+        return has_children(self)
 
     def __reversed__(self) -> Iterator[str]:
         return reversed(list(self))
@@ -304,68 +250,42 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
     def _iter_items(self) -> Iterator[tuple[str, Any]]:
         return self._children(self._item, keys_only=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole subtree as plain nested dicts, read at one revision."""
-        return self._tree_at()[0]
+    def to_dict(self, *, progress: Callable[[int, int], None] | None = None
+                ) -> dict[str, Any]:
+        """The whole subtree as plain nested dicts, read at one revision.
 
-    def _tree_at(self) -> tuple[dict[str, Any], int]:
-        start, end = self._span()
-        out: dict[str, Any] = {}
-        revision = 0
-        for page in self._client.pages(start, end, page_size=self._page_size):
-            revision = page.revision
-            add_to_tree(out, page.kvs, len(self._base), self._sep, self._decode_at)
-        return out, revision
+        ``progress(keys read, keys in all)`` is called after each page.
+        """
+        return tree_at(self, progress)[0]
+
+    def snapshot(self) -> tuple[dict[str, Any], int]:
+        """``(to_dict(), revision)``: the subtree and the revision it was read at."""
+        return tree_at(self)
 
     def getitems(self, keys: Iterable[str]) -> dict[str, Any]:
         """The present ones of ``keys`` with their values, all read at one revision.
 
         In as few requests as is safe: see :meth:`EtcdClient.range_many`.
         """
-        wanted = []
-        for key in keys:
-            try:
-                wanted.append((key, self._base + parse_key(key, self._sep, write=False)))
-            except KeyError:
-                continue  # a malformed key is absent
-        out: dict[str, Any] = {}
-        if not wanted:
-            return out
-        if self._client.txn_reads:  # a leaf and a probe per key, in few transactions
-            answers = self._client.range_many([op for _, full in wanted
-                                               for op in (Range(full), self._probe(full))])
-            found = [(leaf.kvs[0] if leaf.kvs else None, self._addressable(full, tree.kvs))
-                     for (_, full), leaf, tree in zip(wanted, answers[::2], answers[1::2],
-                                                      strict=True)]
-        else:  # a key at a time, all at the first one's revision
-            found, revision = [], 0
-            for _, full in wanted:
-                kv, is_dir, revision = self._lookup(full, revision=revision)
-                found.append((kv, is_dir))
-        for (key, full), (kv, is_dir) in zip(wanted, found, strict=True):
-            if kv is not None:
-                out[key] = self._decode(kv)
-            elif is_dir:
-                out[key] = self._derive(full + self._bsep)
-        return out
+        return values_of(self, keys)
 
     # Mapping.__eq__ would read key by key; one consistent read instead.
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
             return NotImplemented
-        return bool(self.to_dict() == _plain(other))
+        return bool(self.to_dict() == plain(other))
 
     __hash__ = None  # type: ignore[assignment]
 
     def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(other, Mapping):
             return NotImplemented
-        return {**self.to_dict(), **_plain(other)}
+        return {**self.to_dict(), **plain(other)}
 
     def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(other, Mapping):
             return NotImplemented
-        return {**_plain(other), **self.to_dict()}
+        return {**plain(other), **self.to_dict()}
 
     def __ior__(self, other: Any) -> EtcdMapping:  # type: ignore[misc]
         self.update(other)
@@ -373,19 +293,29 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
 
     # -- writes -------------------------------------------------------------------------
 
-    def _encode(self, value: Any, key: bytes) -> bytes:
-        return encode_value(self._codec, value, key)
-
-    def _commit(self, items: Iterable[tuple[bytes, Any]], compare: list[Compare] | None = None,
-                failure: list[Range] | None = None) -> TxnResponse:
-        return commit(self, items, compare, failure)
+    def _txn(self, compare: Sequence[Compare], success: Sequence[Op],
+             failure: Sequence[Op]) -> TxnResponse:
+        """The one way a mapping writes: the view's lease on each put, then its hooks."""
+        hooks, policy = self._hooks, self._policy
+        if hooks is not None:
+            hooks.before_write()
+        if policy is not None:
+            success = policy.attach(success)
+        try:
+            resp = self._client.txn(compare, success, failure)
+        except EtcdLeaseNotFound as exc:
+            if policy is None:
+                raise
+            raise policy.refused(exc) from exc
+        if hooks is not None:
+            hooks.after_write(resp.revision, changed(resp))
+        return resp
 
     def __setitem__(self, key: str, value: Any) -> None:
-        full = self._base + parse_key(key, self._sep, write=True)
-        self._commit([(full, value)])
+        commit(self, [(self._full(key, write=True), value)], None, None)
 
     def __delitem__(self, key: str) -> None:
-        full = self._base + parse_key(key, self._sep, write=False)
+        full = self._full(key, write=False)
         resp = self._txn([], [Delete(full), Delete(*self._dir_span(full))], [])
         if not any(isinstance(r, DeleteRangeResponse) and r.deleted for r in resp.responses):
             raise EtcdKeyError(key)
@@ -404,115 +334,43 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
         read raises :class:`EtcdCodecError` and stays in etcd.
         """
         try:
-            full = self._base + parse_key(key, self._sep, write=False)
+            full = self._full(key, write=False)
         except KeyError:
             if default is _MISSING:
                 raise
             return default
-        value = self._take(full)
-        if value is _MISSING:
+        value = take(self, full)
+        if value is ABSENT:
             if default is _MISSING:
                 raise EtcdKeyError(key)
             return default
         return value
 
-    def _take(self, full: bytes) -> Any:
-        """Read, decode, then delete the value at ``full`` if it did not change; or _MISSING."""
-        sub, end = self._dir_span(full)
-        hooks = self._hooks
-        if hooks is not None:
-            hooks.before_write()
-        for _ in range(_CAS_RETRIES):
-            leaf, below = self._leaf_and_below(full, Range(sub, end))
-            revision = leaf.revision
-            tree = below.kvs if below is not None and not leaf.kvs else ()
-            if not leaf.kvs and not self._addressable(full, tree):
-                if hooks is not None:  # nothing to remove: as fresh as that answer, still
-                    hooks.after_write(revision, False)
-                return _MISSING
-            # Decode everything before deleting anything: a failure leaves etcd as it was.
-            decoded = {kv.key: self._decode(kv) for kv in (*leaf.kvs, *tree)}
-            unchanged = [Compare(full, "MOD", "<", revision + 1),
-                         Compare(sub, "MOD", "<", revision + 1, end)]
-            resp = self._txn(unchanged, [Delete(full, prev_kv=True),
-                                         Delete(sub, end, prev_kv=True)], [])
-            if not resp.succeeded:
-                continue  # written meanwhile: read again
-            gone = [r for r in resp.responses if isinstance(r, DeleteRangeResponse)]
-            leaf_gone, tree_gone = gone[0].prev_kvs, gone[1].prev_kvs
-            if leaf_gone:
-                return decoded[leaf_gone[0].key]
-            out: dict[str, Any] = {}
-            add_to_tree(out, tree_gone, len(sub), self._sep, decoded_at(decoded))
-            return out if out else _MISSING  # all deleted by someone else meanwhile
-        raise EtcdConflict(f"pop({key_name(full)!r}) lost to other writers "
-                           f"{_CAS_RETRIES} times; try again")
-
-    # MutableMapping.popitem is iter-then-pop; ours retries if another client
-    # took the item first: a bounded number of times, spreading out over the
-    # first few names (with a jittered pause) so that many poppers do not all
-    # chase the same one.
+    # MutableMapping.popitem is iter-then-pop; ours retries (boundedly) when
+    # another client took the item first.
     def popitem(self) -> tuple[str, Any]:
         """Remove and return some ``(name, value)`` pair (the first, when uncontended).
 
         ``KeyError`` when empty; :class:`EtcdConflict` if other clients took
         every item it tried, many times over.
         """
-        if self._hooks is not None:
-            self._hooks.before_write()  # refused before anything is sent
-        for attempt in range(_POPITEM_TRIES):
-            if attempt:
-                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
-            names = list(itertools.islice(
-                self._children(_name, keys_only=True, page_size=_SPREAD if attempt else 1),
-                _SPREAD if attempt else 1))
-            if not names:
-                raise EtcdKeyError("popitem(): mapping is empty")
-            name = random.choice(names) if attempt else names[0]
-            value = self._take(self._base + key_bytes(name))
-            if value is not _MISSING:
-                return name, value
-        raise EtcdConflict(f"popitem() lost to other clients {_POPITEM_TRIES} times; "
-                           "try again")
+        return take_first(self)
 
     # MutableMapping.setdefault is get-then-set (racy): one txn, put only if absent.
     def setdefault(self, key: str, default: Any = None) -> Any:
         """``self[key]`` if present, else store ``default`` atomically and return it."""
-        full = self._base + parse_key(key, self._sep, write=True)
-        sub, end = self._dir_span(full)
-        # First try "nothing at all under this name"; if only unaddressable keys
-        # are there, retry with "the subtree has not changed since we checked".
-        subtree_guard = Compare(sub, "VERSION", "==", 0, end)
-        for _ in range(_CAS_RETRIES):
-            resp = self._commit([(full, default)],
-                                compare=[Compare(full, "VERSION", "==", 0), subtree_guard],
-                                failure=[Range(full), self._probe(full)])
-            if resp.succeeded:
-                return self._derive(sub) if isinstance(default, Mapping) else default
-            leaf, tree = _ranges(resp)
-            if leaf.kvs:
-                return self._decode(leaf.kvs[0])
-            if self._addressable(full, tree.kvs):
-                return self._derive(sub)
-            subtree_guard = Compare(sub, "MOD", "<", resp.revision + 1, end)
-        raise EtcdConflict(f"setdefault({key!r}) lost to other writers {_CAS_RETRIES} times; "
-                           "try again")
+        full = self._full(key, write=True)
+        found, value = put_if_absent(self, full, default)
+        if found == "subtree" or (found == "stored" and isinstance(default, Mapping)):
+            return self._derive(full + self._bsep)  # a subtree: its live sub-mapping
+        return value
 
     def replace(self, key: str, expected: Any, new: Any) -> bool:
         """Set ``key`` to ``new`` only if it holds ``expected``; whether it did."""
-        full = self._base + parse_key(key, self._sep, write=True)
-        resp = self._commit([(full, new)], compare=[
-            Compare(full, "VALUE", "==", self._encode(expected, full))])
+        full = self._full(key, write=True)
+        resp = commit(self, [(full, new)],
+                      [Compare(full, "VALUE", "==", self._encode(expected, full))], None)
         return resp.succeeded
-
-    def cached(self, *, on_change: Callable[[list[Event[Any]]], None] | None = None,
-               ) -> CachedMapping:
-        """A local copy of this subtree, kept fresh by a watch; reads at dict speed."""
-        from .cache import CachedMapping
-
-        return CachedMapping(self.prefix, client=self._client, sep=self._sep,
-                             codec=self._codec, page_size=self._page_size,
-                             on_change=on_change)
 
     # MutableMapping.clear loops popitem (2N round trips): one delete-range.
     def clear(self) -> None:
@@ -527,37 +385,32 @@ class EtcdMapping(LiveMixin, MutableMapping[str, Any]):
     # MutableMapping.update sets key by key: one transaction (or ordered chunks).
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Assign many keys at once, atomically when they fit in one transaction."""
-        if isinstance(other, EtcdMapping):
-            pairs: Iterable[tuple[Any, Any]] = other.to_dict().items()
-        elif isinstance(other, Mapping):
-            pairs = other.items()
-        elif hasattr(other, "keys"):
-            pairs = [(k, other[k]) for k in other.keys()]  # noqa: SIM118 (dict's protocol)
-        else:
-            pairs = other
-        items = [(self._base + parse_key(k, self._sep, write=True), v)
-                 for k, v in [*pairs, *kwargs.items()]]
+        items = [(self._full(k, write=True), v) for k, v in pairs_of(other, kwargs)]
         if items:
-            self._commit(items)
+            commit(self, items, None, None)
 
+    def write(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], *,
+              replace: bool = False, progress: Callable[[int, int], None] | None = None,
+              ) -> None:
+        """Assign many paths at once, like :meth:`update`; with ``replace`` the subtree
+        becomes exactly ``items`` (what they do not hold is removed).
 
-def decoded_at(decoded: dict[bytes, Any]) -> Callable[[bytes, bytes], Any]:
-    """A decode function that looks values up in what was decoded already."""
-    def lookup(_: bytes, key: bytes) -> Any:
-        return decoded[key]
-    return lookup
+        One transaction when it fits; else ordered chunks (readers may see it
+        half done; :class:`EtcdPartialWrite` says what was written), with
+        ``progress(ops done, ops in all)`` after each.
+        """
+        pairs = items.items() if isinstance(items, Mapping) else items
+        full = [(self._full(k, write=True), v) for k, v in pairs]
+        commit(self, full, None, None, clear=self._span() if replace else None,
+               progress=progress)
 
+    # -- a cached copy ---------------------------------------------------------------
 
-def _name(name: str, kv: KeyValue | None) -> str:
-    return name
-
-
-def _ranges(resp: TxnResponse) -> list[RangeResponse]:
-    """The range answers of a transaction made only of ranges."""
-    out = [r for r in resp.responses if isinstance(r, RangeResponse)]
-    if len(out) != len(resp.responses):
-        raise EtcdProtocolError("a transaction of ranges got other answers")
-    return out
+    def cached(self, *, on_change: Callable[[list[Event[Any]]], None] | None = None,
+               ) -> CachedMapping:
+        """A local copy of this subtree, kept fresh by a watch; reads at dict speed."""
+        assert EtcdMapping.cache_type is not None, "etcdmap.cache registers itself on import"
+        return EtcdMapping.cache_type(self, on_change=on_change)
 
 
 def _rebuild(client: EtcdClient, prefix: str, sep: str, codec: Codec, page_size: int,

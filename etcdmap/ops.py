@@ -93,6 +93,20 @@ _SORT_TARGETS = frozenset(get_args(SortTarget))
 _COMPARE_TARGETS = frozenset(get_args(CompareTarget))
 
 
+def _body(key: bytes, range_end: bytes | None = None, **fields: Any) -> JSON:
+    """A request body: the key (and range end) in base64, and the fields that are set.
+
+    The gateway reads an absent field as zero, so zero, false and "NONE"/"KEY"
+    defaults are left out.
+    """
+    body: JSON = {"key": b64(key)}
+    if range_end is not None:
+        body["range_end"] = b64(range_end)
+    body.update((name, value) for name, value in fields.items()
+                if value not in (0, False, None, "NONE", "KEY"))
+    return body
+
+
 def _check(value: str, allowed: frozenset[str], what: str) -> None:
     # Enums are validated here: an out-of-range sort_target crashes etcd 3.4/3.5.
     if value not in allowed:
@@ -120,25 +134,11 @@ class Range:
             raise ValueError("limit and revision must not be negative")
 
     def to_wire(self) -> JSON:
-        """The JSON body of this request."""
-        body: JSON = {"key": b64(self.key)}
-        if self.range_end is not None:
-            body["range_end"] = b64(self.range_end)
-        if self.limit:
-            body["limit"] = self.limit
-        if self.revision:
-            body["revision"] = self.revision
-        if self.keys_only:
-            body["keys_only"] = True
-        if self.count_only:
-            body["count_only"] = True
-        if self.serializable:
-            body["serializable"] = True
-        if self.sort_order != "NONE":
-            body["sort_order"] = self.sort_order
-        if self.sort_target != "KEY":
-            body["sort_target"] = self.sort_target  # etcd sorts ascending by it
-        return body
+        """The JSON body of this request (``sort_target`` alone sorts ascending by it)."""
+        return _body(self.key, self.range_end, limit=self.limit, revision=self.revision,
+                     keys_only=self.keys_only, count_only=self.count_only,
+                     serializable=self.serializable, sort_order=self.sort_order,
+                     sort_target=self.sort_target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +152,7 @@ class Put:
 
     def to_wire(self) -> JSON:
         """The JSON body of this request."""
-        body: JSON = {"key": b64(self.key), "value": b64(self.value)}
-        if self.lease:
-            body["lease"] = self.lease
-        if self.prev_kv:
-            body["prev_kv"] = True
-        return body
+        return _body(self.key, value=b64(self.value), lease=self.lease, prev_kv=self.prev_kv)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,12 +165,7 @@ class Delete:
 
     def to_wire(self) -> JSON:
         """The JSON body of this request."""
-        body: JSON = {"key": b64(self.key)}
-        if self.range_end is not None:
-            body["range_end"] = b64(self.range_end)
-        if self.prev_kv:
-            body["prev_kv"] = True
-        return body
+        return _body(self.key, self.range_end, prev_kv=self.prev_kv)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from etcdmap.client import EtcdClient
-from etcdmap.testing import EtcdServer
+from etcdmap.launcher import EtcdServer
 
 _counter = itertools.count()
 

@@ -8,7 +8,7 @@
   each ``$ command`` runs with ``sh`` in a scratch directory (with the same
   ``ETCDCTL_ENDPOINTS``), and what it prints must be the lines that follow it.
   Use ``.. code-block:: shell`` for commands that are not to be run.
-* ``python -m etcdmap demo`` (:func:`etcdmap.demo.run_demo`) tours the
+* ``python -m etcdmap demo`` (:func:`etcdmap.cli.demo.run_demo`) tours the
   session's etcd, and what it says is checked line by line.
 * A temporary directory an example makes (``tempfile.mkdtemp``) lands in the
   test's own ``tmp_path`` and is removed with it; ``conftest.py`` checks that
@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from etcdmap import EtcdClient
-from etcdmap.demo import run_demo
+from etcdmap.cli.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -14,6 +14,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from etcdmap import EtcdClient, EtcdProtocolError
+from etcdmap._wire.replies import parse_kv, parse_range, parse_txn
+from etcdmap._wire.stream import JSONStreamDecoder
 from etcdmap.ops import (
     Compare,
     Delete,
@@ -24,9 +26,7 @@ from etcdmap.ops import (
     prefix_end,
     subtract_points,
 )
-from etcdmap.parse import parse_kv, parse_range, parse_txn
 from etcdmap.records import DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse
-from etcdmap.watch import JSONStreamDecoder
 
 # Few distinct bytes, with the edge values, so prefixes and collisions are common.
 EDGE_BYTES = st.sampled_from([0x00, 0x01, 0x61, 0x7F, 0xFE, 0xFF])

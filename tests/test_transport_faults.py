@@ -26,9 +26,9 @@ from etcdmap import (
     EtcdServerError,
     EtcdTimeout,
 )
+from etcdmap._wire.stream import JSONStreamDecoder
 from etcdmap.ops import Range
 from etcdmap.testing import free_port
-from etcdmap.watch import JSONStreamDecoder
 
 # -- nothing listens -----------------------------------------------------------------------
 

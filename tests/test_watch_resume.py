@@ -30,9 +30,10 @@ from helpers import once_watching, url_log_of, wait_until
 
 from etcdmap import EtcdClient, EtcdCompacted, EtcdPermissionError, EtcdTimeout, Event
 from etcdmap._transport import Transport
+from etcdmap._wire.stream import JSONStreamDecoder
 from etcdmap.ops import Put
 from etcdmap.testing import EtcdServer
-from etcdmap.watch import JSONStreamDecoder, Watcher
+from etcdmap.watch import Watcher
 
 _names = itertools.count()
 

@@ -5,8 +5,8 @@
 streaming reply, ``guard`` bounds blocking socket calls.
 """
 
+from .endpoints import normalize_endpoints as normalize_endpoints
 from .http import Transport as Transport
-from .http import normalize_endpoints as normalize_endpoints
 from .stream import Stream as Stream
 
 __all__ = ["Stream", "Transport", "normalize_endpoints"]

@@ -6,13 +6,27 @@ keep urllib3's long chains out of the tracebacks users see.
 
 from __future__ import annotations
 
+import json
 import ssl
 import traceback
+from typing import Any
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-__all__ = ["brief_cause", "surely_unsent", "tls_hint", "tls_setup_failure"]
+from ..errors import (
+    EtcdConnectionError,
+    EtcdError,
+    EtcdIndeterminateWrite,
+    EtcdProtocolError,
+    EtcdServerError,
+    EtcdTimeout,
+    EtcdTLSError,
+    error_from_body,
+)
+
+__all__ = ["brief_cause", "decode_reply", "http_error", "not_a_gateway", "surely_unsent",
+           "tls_hint", "tls_setup_failure", "transport_error"]
 
 # TLS alerts and checks that refuse a certificate: the server never saw the request.
 _TLS_REFUSALS = ("CERTIFICATE", "ALERT", "UNKNOWN_CA")
@@ -96,3 +110,59 @@ def brief_cause(exc: BaseException) -> BaseException:
         copy = OSError(f"{type(root).__name__}: {root}")
     copy.__suppress_context__ = True
     return copy
+
+
+# -- replies that are not what a gateway sends ---------------------------------------
+
+
+def content_type(resp: requests.Response) -> str:
+    return (resp.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+
+
+def not_a_gateway(resp: requests.Response, endpoint: str) -> EtcdProtocolError:
+    return EtcdProtocolError(f"{endpoint} does not answer like an etcd v3 gateway "
+                             f"(HTTP {resp.status_code}, {content_type(resp)})")
+
+
+def decode_reply(resp: requests.Response, endpoint: str) -> Any:
+    try:
+        return json.loads(resp.content)
+    except (ValueError, RecursionError, requests.RequestException) as exc:
+        if "json" not in content_type(resp):
+            raise not_a_gateway(resp, endpoint) from None
+        raise EtcdProtocolError(f"invalid JSON from {endpoint} (HTTP {resp.status_code}): "
+                                f"{type(exc).__name__}") from None
+
+
+def http_error(resp: requests.Response, endpoint: str) -> EtcdError:
+    """The error a non-200 reply stands for (also when it is not from an etcd gateway)."""
+    try:
+        body: object = json.loads(resp.content)
+    except (ValueError, RecursionError):
+        text = resp.text.strip()
+        if not text or text.startswith("<") or "html" in content_type(resp):
+            return not_a_gateway(resp, endpoint)
+        first = text.splitlines()[0][:200]
+        return EtcdServerError(f"{first} (HTTP {resp.status_code} from {endpoint})",
+                               status=resp.status_code)
+    if not isinstance(body, dict):
+        return not_a_gateway(resp, endpoint)
+    return error_from_body(resp.status_code, body)
+
+
+def transport_error(exc: requests.RequestException, endpoint: str, idempotent: bool,
+                    waited: float) -> EtcdError:
+    """Our error for a failed exchange: a write that may have applied is indeterminate."""
+    tls = tls_setup_failure(exc)
+    if tls is not None:
+        return EtcdTLSError(f"TLS with {endpoint} failed: {tls}{tls_hint(tls)}")
+    if surely_unsent(exc):
+        if isinstance(exc, requests.ConnectTimeout):
+            return EtcdTimeout(f"connecting to {endpoint} timed out")
+        return EtcdConnectionError(f"cannot connect to {endpoint}")
+    if not idempotent:
+        return EtcdIndeterminateWrite(
+            f"write outcome unknown: {type(exc).__name__} from {endpoint}")
+    if isinstance(exc, requests.Timeout):
+        return EtcdTimeout(f"no answer from {endpoint} within {waited:.3g} s")
+    return EtcdConnectionError(f"{type(exc).__name__} talking to {endpoint}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .errors import EtcdError, EtcdProtocolError
-from .ops import as_int, unb64
-from .records import (
+from ..errors import EtcdError, EtcdProtocolError
+from ..ops import Delete, Op, Put, Range, Txn, as_int, unb64
+from ..records import (
     DeleteRangeResponse,
     KeyValue,
     LeaseGrant,
@@ -168,3 +168,26 @@ def parse_status(body: Mapping[str, Any]) -> Status:
                   leader=as_int(body.get("leader")), raft_term=as_int(body.get("raftTerm")),
                   revision=as_int(header.get("revision")), db_size=as_int(body.get("dbSize")),
                   errors=tuple(str(e) for e in body.get("errors") or ()))
+
+
+def changed(resp: TxnResponse) -> bool:
+    """Whether a transaction changed anything (else etcd's revision did not move)."""
+    for r in resp.responses:
+        if isinstance(r, PutResponse) or (isinstance(r, DeleteRangeResponse) and r.deleted):
+            return True
+        if isinstance(r, TxnResponse) and changed(r):
+            return True
+    return False
+
+
+_REPLY_OF = {Range: RangeResponse, Put: PutResponse, Delete: DeleteRangeResponse, Txn: TxnResponse}
+
+
+def check_txn(resp: TxnResponse, ops: Sequence[Op]) -> None:
+    """A txn reply holds one response per op of the branch that ran, of the right kind."""
+    if len(resp.responses) != len(ops) or any(
+            not isinstance(r, _REPLY_OF[type(op)])
+            for r, op in zip(resp.responses, ops, strict=True)):
+        raise EtcdProtocolError(
+            f"a transaction of {len(ops)} ops got {len(resp.responses)} answers "
+            "that do not match them")

@@ -7,6 +7,7 @@ or ``PATH``) and stops it afterwards.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -15,9 +16,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from .client import EtcdClient
-from .errors import EtcdConnectionError, EtcdError
-from .mapping import EtcdMapping
+from ..client import EtcdClient
+from ..errors import EtcdConnectionError, EtcdError
+from ..mapping import EtcdMapping
+from .documents import EXIT_OK
 
 __all__ = ["local_etcd", "run_demo"]
 
@@ -36,12 +38,18 @@ def local_etcd(endpoints: str | None = None, *,
                 return
             except EtcdConnectionError:
                 say(f"no etcd answers at {configured}; starting a local one")
-    from .testing import EtcdServer  # only needed when we start a server
+    from ..launcher import EtcdServer  # only needed when we start a server
 
     with EtcdServer(name="etcdmap-demo") as server:
         say(f"started etcd {server.version} at {server.endpoint} (data in {server.data_dir})")
         yield server.endpoint
     say("stopped the local etcd")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``etcdmap demo``: :func:`run_demo` at ``--endpoints`` (or ``$ETCDCTL_ENDPOINTS``)."""
+    run_demo(args.endpoints)
+    return EXIT_OK
 
 
 def run_demo(endpoints: str | None = None, *, say: Callable[[str], None] = print) -> None:

