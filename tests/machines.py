@@ -63,6 +63,24 @@ class MappingMachine(RuleBasedStateMachine):
     def wrote_through_a_view(self) -> None:
         """Called after a write through a view derived from ``self.m`` (``submapping``)."""
 
+    # -- what a writer does to etcd and to the model (the cache machine's second writer too)
+
+    def update_through(self, writer: Any, pairs: list[tuple[str, Any]]) -> None:
+        batch = dict(pairs)
+        writer.update(batch)
+        for key, value in batch.items():
+            self.model = assign(self.model, key, value)
+
+    def delete_through(self, writer: Any, key: str) -> None:
+        expected = lookup(self.model, key)
+        try:
+            del writer[key]
+        except KeyError:
+            assert expected is MISSING, f"del {key!r} raised KeyError but the model has it"
+        else:
+            assert expected is not MISSING, f"del {key!r} succeeded but the model lacks it"
+            self.model = remove(self.model, key)
+
     # -- writes -------------------------------------------------------------------------
 
     @rule(key=keys, value=scalars)
@@ -97,10 +115,7 @@ class MappingMachine(RuleBasedStateMachine):
 
     @rule(pairs=st.lists(st.tuples(keys, values), min_size=1, max_size=4))
     def update(self, pairs: list[tuple[str, Any]]) -> None:
-        batch = dict(pairs)
-        self.m.update(batch)
-        for key, value in batch.items():
-            self.model = assign(self.model, key, value)
+        self.update_through(self.m, pairs)
         self.wrote()
 
     @rule()
@@ -114,14 +129,7 @@ class MappingMachine(RuleBasedStateMachine):
 
     @rule(key=keys)
     def delitem(self, key: str) -> None:
-        expected = lookup(self.model, key)
-        try:
-            del self.m[key]
-        except KeyError:
-            assert expected is MISSING, f"del {key!r} raised KeyError but the model has it"
-        else:
-            assert expected is not MISSING, f"del {key!r} succeeded but the model lacks it"
-            self.model = remove(self.model, key)
+        self.delete_through(self.m, key)
         self.wrote()
         assert key not in self.m
 

@@ -26,7 +26,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 from machines import NO_DEFAULT, SEGMENTS, MappingMachine, keys, scalars, segments, values
-from nested_model import MISSING, assign, lookup, remove
+from nested_model import MISSING, assign, lookup
 
 from etcdmap import EtcdClient, EtcdMapping
 from etcdmap.cache import CachedMapping
@@ -102,22 +102,12 @@ class CacheMachine(MappingMachine):
 
     @rule(pairs=st.lists(st.tuples(keys, values), min_size=1, max_size=4))
     def other_updates(self, pairs: list[tuple[str, Any]]) -> None:
-        batch = dict(pairs)
-        self.other.update(batch)
-        for key, value in batch.items():
-            self.model = assign(self.model, key, value)
+        self.update_through(self.other, pairs)
         self.catch_up()
 
     @rule(key=keys)
     def other_deletes(self, key: str) -> None:
-        expected = lookup(self.model, key)
-        try:
-            del self.other[key]
-        except KeyError:
-            assert expected is MISSING
-        else:
-            assert expected is not MISSING
-            self.model = remove(self.model, key)
+        self.delete_through(self.other, key)
         self.catch_up()
 
     @rule(key=keys, value=values, mine_key=keys, mine_value=scalars)
