@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import Relay
 from hypothesis import HealthCheck, settings
 
-from etcdmap import EtcdClient
+from etcdmap import CachedMapping, EtcdClient, EtcdMapping
 
 # Every example talks to a real etcd, so deadlines measure the machine, not us.
 settings.register_profile(
@@ -60,3 +61,26 @@ def http_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str
 def http_log(etcd_client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The URL path of every HTTP request ``etcd_client`` sends from now on."""
     yield http_log_of(etcd_client, monkeypatch)
+
+
+@pytest.fixture
+def caches() -> Iterator[Callable[..., CachedMapping]]:
+    """``caches(mapping, **kw)``: ``mapping.cached(**kw)``, closed after the test."""
+    opened: list[CachedMapping] = []
+
+    def open_cache(mapping: EtcdMapping, **kw: Any) -> CachedMapping:
+        cache = mapping.cached(**kw)
+        opened.append(cache)
+        return cache
+
+    yield open_cache
+    for cache in opened:
+        cache.close()
+
+
+@pytest.fixture
+def relay(etcd_endpoint: str) -> Iterator[Relay]:
+    """A relay in front of the session's etcd (see helpers.Relay)."""
+    r = Relay(etcd_endpoint)
+    yield r
+    r.close()

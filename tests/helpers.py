@@ -159,3 +159,66 @@ class CountingRelay:
         for sock in self._socks:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class Relay:
+    """A TCP relay to an etcd endpoint that can freeze or cut the connections it holds."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 2379)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._links: list[tuple[socket.socket, socket.socket, threading.Event]] = []
+        threading.Thread(target=self._accept, daemon=True, name="relay").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self._target)
+            frozen = threading.Event()
+            with self._lock:
+                self._links.append((near, far, frozen))
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst, frozen), daemon=True,
+                                 name="relay").start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, frozen: threading.Event) -> None:
+        try:
+            while data := src.recv(65536):
+                if not frozen.is_set():  # frozen: swallow everything, close nothing
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            src.close()  # each socket is read, and so closed, by exactly one pump
+
+    def freeze(self) -> None:
+        """Silence every current connection without closing it (a silent partition)."""
+        with self._lock:
+            for _, _, frozen in self._links:
+                frozen.set()
+
+    def cut(self) -> None:
+        """Close every current connection; new ones are still accepted."""
+        with self._lock:
+            links, self._links = self._links, []
+        for near, far, _ in links:
+            for sock in (near, far):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop listening and cut everything: the endpoint is gone."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self.cut()

@@ -27,8 +27,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers import wait_until
-from test_watch_resume import Relay
+from helpers import Relay, wait_until
 
 from etcdmap import (
     EtcdAuthError,

@@ -48,21 +48,6 @@ OpenCache = Callable[..., CachedMapping]
 
 
 @pytest.fixture
-def caches() -> Iterator[OpenCache]:
-    """``caches(mapping, **kw)``: ``mapping.cached(**kw)``, closed after the test."""
-    opened: list[CachedMapping] = []
-
-    def open_cache(mapping: EtcdMapping, **kw: Any) -> CachedMapping:
-        cache = mapping.cached(**kw)
-        opened.append(cache)
-        return cache
-
-    yield open_cache
-    for cache in opened:
-        cache.close()
-
-
-@pytest.fixture
 def cache(m: EtcdMapping, caches: OpenCache) -> CachedMapping:
     """A cache over the test's prefix, holding a small tree."""
     m.update({"name": "app", "db": {"host": "localhost", "port": "5432"},

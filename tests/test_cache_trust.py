@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,26 +36,6 @@ READY = "ready-marker"
 def m(etcd_prefix: str, etcd_client: EtcdClient) -> EtcdMapping:
     """A plain (uncached) str-codec mapping over the test's own prefix."""
     return EtcdMapping(etcd_prefix, client=etcd_client)
-
-
-@pytest.fixture
-def caches() -> Iterator[OpenCache]:
-    """``caches(mapping, **kw)``: ``mapping.cached(**kw)``, closed after the test."""
-    opened: list[CachedMapping] = []
-
-    def open_cache(mapping: EtcdMapping, **kw: Any) -> CachedMapping:
-        cache = mapping.cached(**kw)
-        opened.append(cache)
-        # A write through it returns once its follower applied it: the watch is up.
-        # (Closing a cache before that leaves its watch running: see
-        # test_trust_resources.py::test_a_cache_closed_at_once_leaves_no_watch_running.)
-        cache[READY] = "1"
-        del cache[READY]
-        return cache
-
-    yield open_cache
-    for cache in opened:
-        cache.close()
 
 
 def revision_of(client: EtcdClient, key: str | bytes) -> int:

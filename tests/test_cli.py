@@ -22,10 +22,11 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -48,6 +49,28 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env.update(extra or {})
     return env
+
+
+def watch_lines(ep: str, prefix: str, start: int, count: int,
+                then: Callable[[], object] | None = None) -> list[dict[str, Any]]:
+    """``etcdmap watch PREFIX --rev START``: its first ``count`` lines (then one more after
+    ``then()``), and proof that Ctrl-C ends it quietly with exit code 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "etcdmap", "watch", prefix, "--rev",
+                             str(start), "--endpoints", ep], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert proc.stdout is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(count)]
+        if then is not None:
+            then()
+            lines.append(json.loads(proc.stdout.readline()))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out, err) == (0, "", "")
+    return lines
 
 
 def run(*args: str, endpoint: str | None = None, stdin: str | None = None,
@@ -199,20 +222,8 @@ def test_watch_prints_json_lines_until_ctrl_c(ep: str, etcd_prefix: str,
     etcd_client.put(f"{p}/a", "2")
     etcd_client.put(f"{p}x", "a sibling, not under the prefix")
     etcd_client.delete(f"{p}/a")
-    proc = subprocess.Popen([sys.executable, "-m", "etcdmap", "watch", p, "--rev", str(start),
-                             "--endpoints", ep], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        assert proc.stdout is not None
-        lines = [json.loads(proc.stdout.readline()) for _ in range(3)]
-        etcd_client.put(f"{p}/b/c", "live")  # seen as it happens
-        lines.append(json.loads(proc.stdout.readline()))
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0 and out == "" and err == ""
+    lines = watch_lines(ep, p, start, 3,
+                        then=lambda: etcd_client.put(f"{p}/b/c", "live"))  # seen as it happens
     for line in lines:
         assert isinstance(line.pop("revision"), int)
     assert lines == [
@@ -232,18 +243,7 @@ def test_keys_and_values_that_are_not_utf8_never_break_the_output(
     assert run("ls", "-R", p, endpoint=ep).out.endswith("└── \\xff\n")
     for command in ("get", "dump"):  # a document cannot hold them: say so
         one_line_error(run(command, p, endpoint=ep), 3, f"{p}/\\xff", "not UTF-8 text")
-    proc = subprocess.Popen([sys.executable, "-m", "etcdmap", "watch", p, "--rev", str(start),
-                             "--endpoints", ep], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        assert proc.stdout is not None
-        lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert (proc.returncode, out, err) == (0, "", "")
+    lines = watch_lines(ep, p, start, 2)
     assert [(line["key"], line["value"]) for line in lines] == [
         (f"{p}/ok", "v"), (f"{p}/\\xff", "\\xfe")]
 

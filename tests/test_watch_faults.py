@@ -9,47 +9,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
-from helpers import collect, wait_until
-from test_watch_resume import Relay
+from conftest import http_log_of
+from helpers import Relay, collect, wait_until
 
 from etcdmap import EtcdClient, EtcdMapping, Event
 from etcdmap.ops import Put
-
-
-def request_log(client: EtcdClient) -> list[str]:
-    """The URL path of every request ``client`` sends from now on (thread-safe append)."""
-    adapter = client._transport.session.get_adapter("http://")
-    original = adapter.send
-    log: list[str] = []
-
-    def send(request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        log.append(request.path_url)
-        return original(request, *args, **kwargs)
-
-    adapter.send = send  # type: ignore[method-assign]
-    return log
-
-
-@pytest.fixture
-def relay(etcd_endpoint: str) -> Iterator[Relay]:
-    r = Relay(etcd_endpoint)
-    yield r
-    r.close()
-
 
 # -- a quiet watch on a healthy member -----------------------------------------------------
 
 
 def test_a_quiet_watch_on_a_healthy_member_survives_compaction_of_other_keys(
-        etcd_endpoint: str, etcd_client: EtcdClient, etcd_prefix: str) -> None:
+        etcd_endpoint: str, etcd_client: EtcdClient, etcd_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = etcd_prefix + "/"
     with EtcdClient(etcd_endpoint) as own:
-        log = request_log(own)
+        log = http_log_of(own, monkeypatch)
         with own.watch_iter(prefix, prefix=True, read_timeout=0.3) as watcher:
             # Elsewhere the store moves on, and its history is compacted away.
             latest = [etcd_client.put(f"{etcd_prefix}-other/{i}", "x").revision
@@ -63,12 +40,13 @@ def test_a_quiet_watch_on_a_healthy_member_survives_compaction_of_other_keys(
 
 
 def test_a_quiet_watch_reconnects_when_its_member_stops_answering(
-        etcd_client: EtcdClient, etcd_prefix: str, relay: Relay) -> None:
+        etcd_client: EtcdClient, etcd_prefix: str, relay: Relay,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # The relay freezes the stream and the connection the checks would use;
     # a new connection (the next attempt) gets through again.
     prefix = etcd_prefix + "/"
     with EtcdClient(relay.endpoint, timeout=2) as via_relay:
-        log = request_log(via_relay)
+        log = http_log_of(via_relay, monkeypatch)
         with via_relay.watch_iter(prefix, prefix=True, read_timeout=0.5) as watcher:
             via_relay.range(prefix)  # a pooled connection for the checks, frozen below too
             relay.freeze()
@@ -161,9 +139,10 @@ def test_a_watch_logs_reconnects_below_warning(
 
 
 def test_closing_a_watch_while_it_checks_a_silent_member_ends_it_promptly(
-        etcd_client: EtcdClient, etcd_prefix: str, relay: Relay) -> None:
+        etcd_client: EtcdClient, etcd_prefix: str, relay: Relay,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     with EtcdClient(relay.endpoint, timeout=3) as via_relay:
-        log = request_log(via_relay)
+        log = http_log_of(via_relay, monkeypatch)
         watcher = via_relay.watch_iter(etcd_prefix + "/", prefix=True, read_timeout=0.3)
         (thread,) = [t for t in threading.enumerate() if t.name == "etcdmap-watch"
                      and t.is_alive()][-1:]
