@@ -34,6 +34,19 @@ def raw(client: EtcdClient, prefix: str) -> list[tuple[bytes, bytes, int, int, i
 BAD_VALUES = {"str": b"\xff\xfe", "json": NOT_JSON}
 
 
+def assert_pop_deletes_nothing(m: EtcdMapping, name: str, bad_key: str,
+                               client: EtcdClient) -> None:
+    """``m.pop(name)``, with or without a default, names ``bad_key`` and changes nothing."""
+    before = raw(client, m.prefix)
+    with pytest.raises(EtcdCodecError) as raised:
+        m.pop(name)
+    assert raised.value.key == bad_key
+    assert raw(client, m.prefix) == before
+    with pytest.raises(EtcdCodecError):
+        m.pop(name, "default")  # a default is for an absent key, not a bad one
+    assert raw(client, m.prefix) == before
+
+
 @pytest.mark.parametrize("codec", list(BAD_VALUES))
 def test_a_pop_that_cannot_decode_the_subtree_deletes_nothing(
         codec: str, etcd_client: EtcdClient, etcd_prefix: str) -> None:
@@ -41,14 +54,7 @@ def test_a_pop_that_cannot_decode_the_subtree_deletes_nothing(
     m["cfg"] = {"a": "1"}
     m["other"] = "o"
     etcd_client.put(f"{etcd_prefix}/cfg/bin".encode(), BAD_VALUES[codec])
-    before = raw(etcd_client, etcd_prefix)
-    with pytest.raises(EtcdCodecError) as raised:
-        m.pop("cfg")
-    assert raised.value.key == f"{etcd_prefix}/cfg/bin"
-    assert raw(etcd_client, etcd_prefix) == before
-    with pytest.raises(EtcdCodecError):
-        m.pop("cfg", "default")  # a default is for an absent key, not a bad one
-    assert raw(etcd_client, etcd_prefix) == before
+    assert_pop_deletes_nothing(m, "cfg", f"{etcd_prefix}/cfg/bin", etcd_client)
 
 
 @pytest.mark.parametrize("codec", list(BAD_VALUES))
@@ -58,11 +64,7 @@ def test_a_pop_that_cannot_decode_the_leaf_deletes_nothing(
     etcd_client.put(f"{etcd_prefix}/leaf".encode(), BAD_VALUES[codec])
     m["leaf/under"] = "1"  # clears the leaf ancestor: put it back by hand
     etcd_client.put(f"{etcd_prefix}/leaf".encode(), BAD_VALUES[codec])
-    before = raw(etcd_client, etcd_prefix)
-    with pytest.raises(EtcdCodecError) as raised:
-        m.pop("leaf")
-    assert raised.value.key == f"{etcd_prefix}/leaf"
-    assert raw(etcd_client, etcd_prefix) == before
+    assert_pop_deletes_nothing(m, "leaf", f"{etcd_prefix}/leaf", etcd_client)
 
 
 @pytest.mark.parametrize("codec", list(BAD_VALUES))
