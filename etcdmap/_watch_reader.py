@@ -16,11 +16,9 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._wire.replies import guarded, header_revision, parse_kv, parse_range
-from ._wire.stream import JSONStreamDecoder
 from .errors import (
     EtcdAuthError,
     EtcdCompacted,
@@ -33,14 +31,12 @@ from .errors import (
     EtcdUnavailable,
     EtcdWatchError,
     GrpcCode,
-    error_from_frame,
 )
-from .ops import Range, as_int, b64, unb64
-from .records import Event, RangeResponse
+from .ops import Range, WatchCreate
+from .records import Event, RangeResponse, WatchChange, WatchReply
 
 if TYPE_CHECKING:
-    from ._transport import Stream, Transport
-    from ._transport.guard import Deadline
+    from ._transport import Cuttable, Transport, WatchStream
 
 log = logging.getLogger("etcdmap.watch")
 _Item = list[Event[Any]] | BaseException
@@ -69,8 +65,8 @@ class Reader:
         self.queue: queue.Queue[_Item] = queue.Queue(maxsize=256)
         self.closed = threading.Event()
         self.created = threading.Event()
-        self.stream: Stream | None = None
-        self.opening: Deadline | None = None  # while a stream is being set up
+        self.stream: WatchStream | None = None
+        self.opening: Cuttable | None = None  # while a stream is being set up
         self.established = False
         self.retried_denial = False
         self.pid = os.getpid()
@@ -158,28 +154,21 @@ class Reader:
         return failures
 
     def _stream_once(self, endpoint: str) -> None:
-        create: dict[str, Any] = {"key": b64(self.key)}
-        if self.range_end is not None:
-            create["range_end"] = b64(self.range_end)
-        if self.resume is not None:
-            create["start_revision"] = self.resume + 1
-        if self.prev_kv:
-            create["prev_kv"] = True
         # Servers configured with a progress interval then advance our resume point.
-        create["progress_notify"] = True
+        req = WatchCreate(self.key, self.range_end,
+                          start_revision=0 if self.resume is None else self.resume + 1,
+                          prev_kv=self.prev_kv, progress_notify=True)
         try:
-            stream = self.transport.stream("/v3/watch", {"create_request": create},
-                                           endpoint=endpoint, on_deadline=self._opening)
+            stream = self.transport.watch(req, endpoint=endpoint, on_opening=self._opening)
         finally:
             self.opening = None
         self.stream = stream
         try:
-            decoder = JSONStreamDecoder()
             suspect = False  # the last check found a change the stream had not delivered
             while not self.closed.is_set():  # close() set it before it looked at .stream
-                data = stream.read(min(self.read_timeout, 1.0) if suspect
-                                   else self.read_timeout)
-                if data is None:
+                replies = stream.read(min(self.read_timeout, 1.0) if suspect
+                                      else self.read_timeout)
+                if replies is None:
                     # Silence.  A quiet stream is kept while its member answers and
                     # etcd holds no change it missed: reconnecting could meet a
                     # compacted resume point although nothing it watches changed.
@@ -191,17 +180,13 @@ class Reader:
                     suspect = behind
                     continue
                 suspect = False
-                if not data:
-                    for message in decoder.close():
-                        self._handle(message)
-                    raise EtcdConnectionError(f"the watch stream from {endpoint} ended")
-                for message in decoder.feed(data):
-                    self._handle(message)
+                for reply in replies:
+                    self._handle(reply)
         finally:
             self.stream = None
             stream.close()
 
-    def _opening(self, deadline: Deadline) -> None:
+    def _opening(self, deadline: Cuttable) -> None:
         self.opening = deadline
         if self.closed.is_set():  # close() ran before it could see the deadline
             deadline.cut()
@@ -240,31 +225,22 @@ class Reader:
         for req in ranges:
             if out and not req.revision:
                 req = dataclasses.replace(req, revision=out[0].revision)
-            reply = self.transport.call("/v3/kv/range", req.to_wire(), idempotent=True,
-                                        endpoint=endpoint, timeout=timeout, deadline=0)
-            out.append(guarded(parse_range, reply, "range"))
+            out.append(self.transport.range(req, endpoint=endpoint, timeout=timeout,
+                                            deadline=0))
         return out
 
-    def _handle(self, message: Any) -> None:
-        if not isinstance(message, dict):
-            raise EtcdProtocolError("watch message is not an object")
-        if "error" in message:
-            raise error_from_frame(message["error"])
-        result = message.get("result")
-        if not isinstance(result, dict):
-            raise EtcdProtocolError("watch message without result")
-        if result.get("canceled"):
-            raise self._cancel_error(result)
-        revision = header_revision(result)
-        if result.get("created"):
+    def _handle(self, reply: WatchReply) -> None:
+        if reply.canceled:
+            raise self._cancel_error(reply)
+        revision = reply.revision
+        if reply.created:
             self.established = True
             self.retried_denial = False
             if self.resume is None:
                 self.resume = revision  # "from now": events after this revision
             self.created.set()
             return
-        events = result.get("events")
-        if not events:
+        if not reply.changes:
             # A progress notification: everything up to its revision was sent.
             if revision and (self.resume is None or revision > self.resume):
                 self.resume = revision
@@ -272,15 +248,14 @@ class Reader:
         # One batch per revision (a resumed stream can carry several in one message).
         top = self.resume or 0
         batch: list[Event[Any]] = []
-        for raw in events:
-            kv = raw.get("kv") or {}
-            rev = as_int(kv.get("mod_revision"))
+        for change in reply.changes:
+            rev = change.kv.mod_revision
             top = max(top, rev)
             if batch and rev != batch[-1].revision:
                 self._hand_over(batch)
                 batch = []
-            if self.accept is None or self.accept(unb64(kv.get("key", ""))):
-                batch.append(self._event(raw))
+            if self.accept is None or self.accept(change.kv.key):
+                batch.append(self._event(change))
         self._hand_over(batch)
         self.resume = top
 
@@ -289,28 +264,27 @@ class Reader:
             self._put(batch)
             self.resume = batch[-1].revision
 
-    def _cancel_error(self, result: Mapping[str, Any]) -> Exception:
-        compact = as_int(result.get("compact_revision"))
+    def _cancel_error(self, reply: WatchReply) -> Exception:
+        compact = reply.compact_revision
         if compact:
             asked = (self.resume or 0) + 1
             return EtcdCompacted(f"cannot watch from revision {asked}: it has been compacted "
                                  f"(the oldest revision left is {compact})",
                                  compact_revision=compact)
-        reason = str(result.get("cancel_reason", ""))
+        reason = reply.cancel_reason
         if "permission denied" in reason:
             return _Denied(reason)
         if "auth" in reason and "token" in reason:
             return EtcdAuthError(reason, code=GrpcCode.UNAUTHENTICATED)
         return EtcdServerError(reason or "watch cancelled by the server")
 
-    def _event(self, raw: Mapping[str, Any]) -> Event[Any]:
-        kv = parse_kv(raw.get("kv") or {})
-        prev = raw.get("prev_kv")
+    def _event(self, change: WatchChange) -> Event[Any]:
+        kv, prev = change.kv, change.prev_kv
         value_fn = self.value_fn
-        deleted = raw.get("type") == "DELETE"
-        return Event(type="DELETE" if deleted else "PUT", key=self.key_fn(kv.key),
+        deleted = change.type == "DELETE"
+        return Event(type=change.type, key=self.key_fn(kv.key),
                      value=None if deleted else value_fn(kv.value),
-                     prev_value=value_fn(parse_kv(prev).value) if prev else None,
+                     prev_value=value_fn(prev.value) if prev is not None else None,
                      revision=kv.mod_revision, kv=kv)
 
     def _put(self, item: _Item) -> None:

@@ -1,4 +1,4 @@
-"""``EtcdClient``: etcd's v3 JSON gateway, and the classic etcd-py calls on top of it.
+"""``EtcdClient``: etcd's v3 calls over a transport, and the classic etcd-py calls on top.
 
 The client knows keys, values, revisions and leases; it knows nothing of
 mappings.  Keys and values are ``str`` (UTF-8) or ``bytes``: what goes in as
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._settings import (
@@ -20,19 +20,8 @@ from ._settings import (
     Settings,
     txn_read_crashes,
 )
-from ._transport import Transport
-from ._wire.replies import (
-    check_txn,
-    guarded,
-    header_revision,
-    parse_delete,
-    parse_keepalive,
-    parse_lease_grant,
-    parse_put,
-    parse_range,
-    parse_time_to_live,
-    parse_txn,
-)
+from ._transport import GatewayTransport, HTTPTransport, Transport
+from ._wire.replies import check_txn
 from .compat import ClassicMixin, like
 from .errors import EtcdCompacted, EtcdError
 from .lease import Lease
@@ -67,11 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["EtcdClient"]
 
 K = TypeVar("K", str, bytes)
-T = TypeVar("T")
-
-
-def _ignore(body: Mapping[str, Any]) -> None:
-    """For replies that carry nothing but a header."""
 
 
 class EtcdClient(MembersMixin, ClassicMixin):
@@ -119,7 +103,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._txn_read_safety: dict[str, bool] = {}  # endpoint -> see txn_reads
         explicit = settings.retry_deadline
-        self._transport = Transport(
+        self._transport: Transport = GatewayTransport(HTTPTransport(
             settings.endpoints,
             timeout=settings.timeout,
             retry_deadline=settings.timeout if explicit is None else explicit,
@@ -130,7 +114,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
             cert=settings.tls_cert,
             credentials=settings.credentials,
             allow_redirects=allow_redirects,
-        )
+        ))
         if auto_sync:
             self._transport.on_endpoint_failure = self._mark_sync_due
 
@@ -182,14 +166,11 @@ class EtcdClient(MembersMixin, ClassicMixin):
 
     # -- the v3 KV API ----------------------------------------------------------
 
-    def _rpc(self, path: str, body: dict[str, Any], parse: Callable[[Mapping[str, Any]], T], *,
-             idempotent: bool, endpoint: str | None = None, timeout: float | None = None,
-             deadline: float | None = None) -> T:
+    def _wire(self) -> Transport:
+        """The transport, after relearning the members if ``auto_sync`` says it is time."""
         if self._sync_due:
             self._auto_sync_now()
-        reply = self._transport.call(path, body, idempotent=idempotent, endpoint=endpoint,
-                                     timeout=timeout, deadline=deadline)
-        return guarded(parse, reply, path)
+        return self._transport
 
     def range(
         self,
@@ -260,21 +241,18 @@ class EtcdClient(MembersMixin, ClassicMixin):
             prev_kv: bool = False) -> PutResponse:
         """Store ``value`` at ``key``."""
         req = Put(to_bytes(key), to_bytes(value), lease=lease, prev_kv=prev_kv)
-        return self._rpc("/v3/kv/put", req.to_wire(), parse_put, idempotent=False)
+        return self._wire().put(req)
 
     def delete_range(self, key: str | bytes, range_end: str | bytes | None = None, *,
                      prefix: bool = False, prev_kv: bool = False) -> DeleteRangeResponse:
         """Delete ``key``, or ``[key, range_end)``, or every key starting with ``key``."""
         k, end = self._span(key, range_end, prefix)
-        req = Delete(k, end, prev_kv=prev_kv)
-        return self._rpc("/v3/kv/deleterange", req.to_wire(), parse_delete, idempotent=False)
+        return self._wire().delete_range(Delete(k, end, prev_kv=prev_kv))
 
     def txn(self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
             failure: Sequence[Op] = ()) -> TxnResponse:
         """Run ``success`` if every compare holds, else ``failure``, atomically."""
-        body = Txn(compare, success, failure).to_wire()
-        read_only = all(isinstance(op, Range) for op in (*success, *failure))
-        resp = self._rpc("/v3/kv/txn", body, parse_txn, idempotent=read_only)
+        resp = self._wire().txn(Txn(compare, success, failure))
         check_txn(resp, success if resp.succeeded else failure)
         return resp
 
@@ -291,10 +269,10 @@ class EtcdClient(MembersMixin, ClassicMixin):
         safe = self._txn_read_safety.get(endpoint)
         if safe is None:
             try:
-                version = self._transport.get("/version", endpoint).get("etcdserver", "")
+                version = self._transport.version(endpoint).get("etcdserver", "")
             except EtcdError:
                 return False  # ask again next time
-            safe = self._txn_read_safety[endpoint] = not txn_read_crashes(str(version))
+            safe = self._txn_read_safety[endpoint] = not txn_read_crashes(version)
         return safe
 
     def range_many(self, ranges: Sequence[Range]) -> list[RangeResponse]:
@@ -330,14 +308,11 @@ class EtcdClient(MembersMixin, ClassicMixin):
         return out
 
     def _read(self, req: Range) -> RangeResponse:
-        return self._rpc("/v3/kv/range", req.to_wire(), parse_range, idempotent=True)
+        return self._wire().range(req)
 
     def compact(self, revision: int, *, physical: bool = False) -> None:
         """Discard the history before ``revision``."""
-        body: dict[str, Any] = {"revision": revision}
-        if physical:
-            body["physical"] = True
-        self._rpc("/v3/kv/compaction", body, _ignore, idempotent=False)
+        self._wire().compact(revision, physical)
 
     @staticmethod
     def _span(key: str | bytes, range_end: str | bytes | None,
@@ -357,16 +332,11 @@ class EtcdClient(MembersMixin, ClassicMixin):
         """A new lease of ``ttl`` seconds (the server may round it up)."""
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
             raise ValueError(f"ttl must be a positive int, not {ttl!r}")
-        body: dict[str, Any] = {"TTL": ttl}
-        if lease_id:
-            body["ID"] = lease_id
-        # Safe to retry without an ID: a grant that did apply leaves an unused
-        # lease, which expires by itself.
-        return self._rpc("/v3/lease/grant", body, parse_lease_grant, idempotent=not lease_id)
+        return self._wire().lease_grant(ttl, lease_id)
 
     def lease_revoke(self, lease_id: int) -> int:
         """Revoke a lease; its keys are deleted at once.  The revision that did it."""
-        return self._rpc("/v3/lease/revoke", {"ID": lease_id}, header_revision, idempotent=True)
+        return self._wire().lease_revoke(lease_id)
 
     def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None,
                              deadline: float | None = None) -> int:
@@ -375,13 +345,11 @@ class EtcdClient(MembersMixin, ClassicMixin):
         ``timeout`` bounds each attempt and ``deadline`` the failovers (by
         default the client's own).
         """
-        return self._rpc("/v3/lease/keepalive", {"ID": lease_id}, parse_keepalive,
-                         idempotent=True, timeout=timeout, deadline=deadline)
+        return self._wire().lease_keepalive(lease_id, timeout=timeout, deadline=deadline)
 
     def lease_time_to_live(self, lease_id: int, *, keys: bool = False) -> LeaseInfo:
         """A lease's remaining TTL (-1 when it is gone) and, optionally, its keys."""
-        return self._rpc("/v3/lease/timetolive", {"ID": lease_id, "keys": keys},
-                         parse_time_to_live, idempotent=True)
+        return self._wire().lease_time_to_live(lease_id, keys)
 
     # -- watch ---------------------------------------------------------------------
 

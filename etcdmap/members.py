@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-from ._wire.replies import parse_members, parse_status
 from .errors import EtcdError
 from .records import Member, Status
 
@@ -23,7 +21,6 @@ __all__ = ["MembersMixin"]
 
 log = logging.getLogger("etcdmap.client")
 SYNC_INTERVAL = 5.0  # seconds: auto_sync relearns the members at most this often
-T = TypeVar("T")
 
 
 class MembersMixin:
@@ -36,23 +33,19 @@ class MembersMixin:
     if TYPE_CHECKING:
         @property
         def endpoints(self) -> list[str]: ...
-        def _rpc(self, path: str, body: dict[str, Any],
-                 parse: Callable[[Mapping[str, Any]], T], *, idempotent: bool,
-                 endpoint: str | None = None, timeout: float | None = None,
-                 deadline: float | None = None) -> T: ...
+        def _wire(self) -> Transport: ...
 
     def members(self) -> list[Member]:
         """The cluster's members."""
-        return self._rpc("/v3/cluster/member/list", {}, parse_members, idempotent=True)
+        return self._wire().member_list()
 
     def status(self, endpoint: str | None = None) -> Status:
         """One member's status (the current endpoint's unless given)."""
-        return self._rpc("/v3/maintenance/status", {}, parse_status, idempotent=True,
-                         endpoint=endpoint.rstrip("/") if endpoint else None)
+        return self._wire().status(endpoint.rstrip("/") if endpoint else None)
 
     def version(self) -> dict[str, str]:
         """``{"etcdserver": ..., "etcdcluster": ...}`` of the current endpoint."""
-        return {k: str(v) for k, v in self._transport.get("/version").items()}
+        return self._transport.version()
 
     def sync_endpoints(self) -> list[str]:
         """Replace the endpoint list with the members' client URLs."""

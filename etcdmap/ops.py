@@ -22,6 +22,7 @@ __all__ = [
     "Put",
     "Range",
     "Txn",
+    "WatchCreate",
     "b64",
     "prefix_end",
     "to_bytes",
@@ -216,6 +217,23 @@ class Txn:
             "success": [op_to_wire(op) for op in self.success],
             "failure": [op_to_wire(op) for op in self.failure],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class WatchCreate:
+    """A watch request: ``key`` or ``[key, range_end)``, from ``start_revision`` (0: now)."""
+
+    key: bytes
+    range_end: bytes | None = None
+    start_revision: int = 0
+    prev_kv: bool = False
+    progress_notify: bool = False
+
+    def to_wire(self) -> JSON:
+        """The JSON body that opens this watch on the gateway."""
+        return {"create_request": _body(
+            self.key, self.range_end, start_revision=self.start_revision,
+            prev_kv=self.prev_kv, progress_notify=self.progress_notify)}
 
 
 Op = Range | Put | Delete | Txn

@@ -125,6 +125,33 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchChange:
+    """One event of a watch reply as etcd sent it: raw keys and values."""
+
+    type: EventType
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchReply:
+    """One message of a watch stream, whatever the transport.
+
+    ``created`` confirms the watch; ``canceled`` ends it (with
+    ``compact_revision`` when its start was compacted); a reply with neither
+    and no ``changes`` is a progress notification: everything up to
+    ``revision`` was sent.
+    """
+
+    revision: int
+    changes: tuple[WatchChange, ...] = ()
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SetResult(Generic[K]):
     """Result of ``set``/``testandset``; ``expiration`` when a TTL was set."""
 

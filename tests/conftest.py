@@ -45,7 +45,7 @@ def _no_temporary_directory_left_behind() -> Iterator[None]:
 
 def http_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URL path of every HTTP request ``client`` sends from now on."""
-    adapter = client._transport.session.get_adapter("http://")
+    adapter = client._transport.http.session.get_adapter("http://")
     original = adapter.send
     log: list[str] = []
 

@@ -45,7 +45,7 @@ def collect(watcher: Watcher[Any], count: int, timeout: float = 5,
 def url_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The full URL of every HTTP(S) request ``client`` sends from now on (retries included)."""
     log: list[str] = []
-    session = client._transport.session
+    session = client._transport.http.session
     for adapter in {id(a): a for a in map(session.get_adapter, ("http://", "https://"))}.values():
         original = adapter.send
 

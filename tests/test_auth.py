@@ -303,7 +303,7 @@ def test_a_watch_that_reconnects_with_an_expired_jwt_renews_it_and_resumes(
     try:
         with EtcdClient(relay.endpoint, username="alice", password=PASSWORDS["alice"],
                         timeout=5) as client, client.watch_iter(key) as watcher:
-            stale = client._transport._token
+            stale = client._transport.http._token
             assert stale
             wait_until(lambda: post(jwt_auth, "/v3/kv/range", {"key": b64(key)},
                                     stale).status_code == 401, 10, "the JWT expired")
@@ -312,7 +312,7 @@ def test_a_watch_that_reconnects_with_an_expired_jwt_renews_it_and_resumes(
                        token_of(jwt_auth, "alice"))
             assert put.status_code == 200, put.text
             event = watcher.next_event(timeout=10)
-            assert client._transport._token != stale
+            assert client._transport.http._token != stale
     finally:
         relay.close()
     assert event is not None and (event.key, event.value) == (key, "after")

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("transport: the network (the only code that imports requests)", [
         "etcdmap._transport.guard", "etcdmap._transport.failures",
         "etcdmap._transport.stream", "etcdmap._transport.connections",
-        "etcdmap._transport.endpoints", "etcdmap._transport.http", "etcdmap._transport",
+        "etcdmap._transport.endpoints", "etcdmap._transport.http", "etcdmap._transport.base",
+        "etcdmap._transport.gateway", "etcdmap._transport",
     ]),
     ("client: etcd's calls, watches and leases over the transport", [
         "etcdmap._watch_reader", "etcdmap.watch", "etcdmap.lease", "etcdmap.compat",

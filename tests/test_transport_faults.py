@@ -153,7 +153,7 @@ def test_a_server_that_is_not_etcd_is_named_in_one_line(
 def test_a_plain_text_error_names_its_endpoint(etcd_endpoint: str) -> None:
     # A real etcd on a path it does not serve answers a line of plain text.
     with EtcdClient(etcd_endpoint) as client, pytest.raises(EtcdServerError) as info:
-        client._transport.call("/v3/no/such/path", {}, idempotent=True)
+        client._transport.http.call("/v3/no/such/path", {}, idempotent=True)
     assert info.value.status == 404
     assert str(info.value) == f"Not Found (HTTP 404 from {etcd_endpoint})"
 

@@ -27,7 +27,7 @@ from helpers import Relay, once_watching, url_log_of, wait_until
 from helpers import collect as collect_events
 
 from etcdmap import EtcdClient, EtcdCompacted, EtcdPermissionError, EtcdTimeout, Event
-from etcdmap._transport import Transport
+from etcdmap._transport import HTTPTransport
 from etcdmap._wire.stream import JSONStreamDecoder
 from etcdmap.ops import Put
 from etcdmap.testing import EtcdServer
@@ -67,7 +67,7 @@ def sending(thread: threading.Thread) -> bool:
     """Whether ``thread`` is inside the transport's send (waiting for an answer)."""
     frame = sys._current_frames().get(thread.ident or -1)
     while frame is not None:
-        if frame.f_code is Transport._send.__code__:
+        if frame.f_code is HTTPTransport._send.__code__:
             return True
         frame = frame.f_back
     return False
@@ -107,7 +107,7 @@ def test_a_graceful_restart_mid_watch_loses_and_repeats_nothing(
 def test_a_watch_on_a_frozen_server_keeps_reconnecting_and_resumes_once_it_thaws(
         server: EtcdServer, own_client: EtcdClient, prefix: str) -> None:
     opened: list[float] = []
-    adapter = own_client._transport.session.get_adapter("http://")
+    adapter = own_client._transport.http.session.get_adapter("http://")
     send = adapter.send
 
     def spy(request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:

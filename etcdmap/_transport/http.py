@@ -1,6 +1,6 @@
-"""The one choke point between etcdmap and the network: etcd's JSON gateway over ``requests``.
+"""The one choke point between etcdmap and the gateway: HTTP requests over ``requests``.
 
-Every request goes through :meth:`Transport.call` (or :meth:`Transport.stream`
+Every request goes through :meth:`HTTPTransport.call` (or :meth:`HTTPTransport.stream`
 for watches): it picks the endpoint, bounds the call by a hard deadline,
 fails over, keeps the auth token fresh, and turns ``requests`` and gateway
 errors into :mod:`etcdmap.errors`.  It is fork-safe: a forked child never
@@ -72,7 +72,7 @@ _NOTHING_LISTENS = ("; is etcd running there? Point ETCDCTL_ENDPOINTS (or endpoi
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-class Transport:
+class HTTPTransport:
     """HTTP to a list of gateway endpoints, with failover, auth and error mapping.
 
     Retries follow etcd's Go client: a read (``idempotent``) is retried on the
@@ -114,7 +114,7 @@ class Transport:
         self.on_endpoint_failure: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Transport {self.endpoints!r}>"
+        return f"<HTTPTransport {self.endpoints!r}>"
 
     @property
     def endpoints(self) -> list[str]:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..errors import EtcdError, EtcdProtocolError
+from ..errors import EtcdError, EtcdProtocolError, error_from_frame
 from ..ops import Delete, Op, Put, Range, Txn, as_int, unb64
 from ..records import (
     DeleteRangeResponse,
@@ -26,6 +26,8 @@ from ..records import (
     RangeResponse,
     Status,
     TxnResponse,
+    WatchChange,
+    WatchReply,
 )
 
 T = TypeVar("T")
@@ -150,6 +152,32 @@ def parse_time_to_live(body: Mapping[str, Any]) -> LeaseInfo:
     return LeaseInfo(id=as_int(body.get("ID")), ttl=ttl,
                      granted_ttl=as_int(body.get("grantedTTL")),
                      keys=tuple(unb64(k) for k in body.get("keys") or ()))
+
+
+def parse_watch_message(message: object) -> WatchReply:
+    """One JSON message of the gateway's watch stream; an error frame is raised."""
+    if not isinstance(message, dict):
+        raise EtcdProtocolError("watch message is not an object")
+    if "error" in message:
+        raise error_from_frame(message["error"])
+    result = message.get("result")
+    if not isinstance(result, dict):
+        raise EtcdProtocolError("watch message without result")
+    return guarded(_parse_watch_result, result, "watch")
+
+
+def _parse_watch_result(result: Mapping[str, Any]) -> WatchReply:
+    changes = []
+    for raw in result.get("events") or ():
+        prev = raw.get("prev_kv")
+        changes.append(WatchChange("DELETE" if raw.get("type") == "DELETE" else "PUT",
+                                   parse_kv(raw.get("kv") or {}),
+                                   parse_kv(prev) if prev else None))
+    return WatchReply(revision=header_revision(result), changes=tuple(changes),
+                      created=bool(result.get("created", False)),
+                      canceled=bool(result.get("canceled", False)),
+                      compact_revision=as_int(result.get("compact_revision")),
+                      cancel_reason=str(result.get("cancel_reason", "")))
 
 
 def parse_members(body: Mapping[str, Any]) -> list[Member]:
