@@ -1,8 +1,9 @@
 """One benchmark worker process: one client library, driven by JSON lines.
 
-``benchmarks/run.py`` starts one worker per library (etcdmap, plain requests,
-etcd3gw, python-etcd3) and sends it operations one at a time, round by round,
-so every library is timed the same way, in a process of its own, side by side.
+``benchmarks/run.py`` starts one worker per library (etcdmap over the JSON
+gateway, etcdmap over gRPC, plain requests, etcd3gw, python-etcd3) and sends it
+operations one at a time, round by round, so every library is timed the same
+way, in a process of its own, side by side.
 The module imports only the standard library at the top: python-etcd3 may run
 in a separate virtualenv (an older Python with protobuf<3.21) that has nothing
 else installed.
@@ -193,17 +194,24 @@ class Lib:
 
 
 class EtcdmapLib(Lib):
+    """etcdmap over its default transport, the JSON gateway (requests)."""
+
     name = "etcdmap"
+    transport = "http"
 
     def __init__(self, endpoint: str):
         super().__init__(endpoint)
-        if REPO not in sys.path:
-            sys.path.insert(1, REPO)  # measure the checkout, not some other install
+        if REPO in sys.path:
+            sys.path.remove(REPO)
+        sys.path.insert(0, REPO)  # measure the checkout, not some other install
         import etcdmap
         from etcdmap import EtcdClient, EtcdMapping
 
+        if not os.path.abspath(etcdmap.__file__).startswith(REPO + os.sep):
+            raise RuntimeError(f"imported etcdmap from {etcdmap.__file__}, not from {REPO}")
         self.etcdmap = etcdmap
-        self.c = EtcdClient(endpoint, timeout=30)
+        # The transport is explicit: ETCDMAP_TRANSPORT in the environment changes nothing.
+        self.c = EtcdClient(endpoint, timeout=30, transport=self.transport)
         self.EtcdMapping = EtcdMapping
         self.cache: Any = None
         self.plain: dict[str, Any] | None = None
@@ -213,8 +221,10 @@ class EtcdmapLib(Lib):
         import urllib3
 
         return {**super().info(), "etcdmap": self.etcdmap.__version__,
-                "etcdmap_file": self.etcdmap.__file__,
-                "requests": requests.__version__, "urllib3": urllib3.__version__}
+                "etcdmap_file": self.etcdmap.__file__, "transport": self.transport,
+                "transport_class": type(self.c._transport).__name__,
+                "requests": requests.__version__, "urllib3": urllib3.__version__,
+                "grpc_imported": "grpc" in sys.modules}
 
     def m(self, prefix: str) -> Any:
         return self.EtcdMapping(prefix.rstrip("/"), client=self.c)
@@ -261,6 +271,61 @@ class EtcdmapLib(Lib):
             d = {kv.key: kv.value for kv in self.c.range(prefix, prefix=True).kvs}
         assert len(d) == expect, (len(d), expect)
         return clk.result()
+
+    # 8. getitems: one read of many keys against a get per key
+    def _some_keys(self, size: int, k: int) -> list[str]:
+        names = names_of(size)
+        return [names[(i * 7919) % size] for i in range(k)]  # spread over the subtree
+
+    def _txn_reads(self, force: bool) -> Callable[[], None]:
+        """``force``: pretend the member is etcd >= 3.5.7; returns what undoes it."""
+        safety = self.c._txn_read_safety
+        saved = dict(safety)
+        if force:
+            safety[self.c._transport.endpoint] = True
+
+        def restore() -> None:
+            safety.clear()
+            safety.update(saved)
+
+        return restore
+
+    def op_getitems_getitems(self, prefix: str, size: int, k: int, reps: int,
+                             force_txn_reads: bool = False) -> dict[str, Any]:
+        m = self.m(prefix)
+        keys = self._some_keys(size, k)
+        restore = self._txn_reads(force_txn_reads)
+        try:
+            if force_txn_reads:
+                assert self.c.txn_reads
+            check = m.getitems(keys)
+            assert len(check) == k, (len(check), k)
+            r = loop(m.getitems, [keys] * reps)
+        finally:
+            restore()
+        r["txn_reads"] = bool(force_txn_reads or self.c.txn_reads)
+        return r
+
+    def op_getitems_mapping(self, prefix: str, size: int, k: int,
+                            reps: int) -> dict[str, Any]:
+        getitem = self.m(prefix).__getitem__
+        keys = self._some_keys(size, k)
+
+        def singles(ks: list[str]) -> None:
+            for key in ks:
+                getitem(key)
+
+        return loop(singles, [keys] * reps)
+
+    def op_getitems_get(self, prefix: str, size: int, k: int, reps: int) -> dict[str, Any]:
+        get = self.c.get
+        keys = [prefix + name for name in self._some_keys(size, k)]
+
+        def singles(ks: list[str]) -> None:
+            for key in ks:
+                get(key)
+
+        return loop(singles, [keys] * reps)
 
     # 3. write many keys
     def op_write_update(self, prefix: str, n: int) -> dict[str, Any]:
@@ -371,6 +436,21 @@ class EtcdmapLib(Lib):
         if self.cache is not None:
             self.cache.close()
         self.c.close()
+
+
+class EtcdmapGrpcLib(EtcdmapLib):
+    """etcdmap over its optional gRPC transport (grpcio, protobuf)."""
+
+    name = "etcdmap-grpc"
+    transport = "grpc"
+
+    def info(self) -> dict[str, Any]:
+        import grpc
+        from google.protobuf import __version__ as pb_version
+        from google.protobuf.internal import api_implementation
+
+        return {**super().info(), "grpcio": grpc.__version__, "protobuf": pb_version,
+                "protobuf_impl": api_implementation.Type()}
 
 
 class RequestsLib(Lib):
@@ -589,6 +669,29 @@ class Etcd3Lib(Lib):
         r = self.op_put_put(prefix, n)
         return {"seconds": r["seconds"], "cpu": r["cpu"], "n": 1}
 
+    def op_getitems_get(self, prefix: str, size: int, k: int, reps: int) -> dict[str, Any]:
+        get = self.c.get
+        names = names_of(size)
+        keys = [prefix + names[(i * 7919) % size] for i in range(k)]
+
+        def singles(ks: list[str]) -> None:
+            for key in ks:
+                get(key)
+
+        return loop(singles, [keys] * reps)
+
+    def op_getitems_txn(self, prefix: str, size: int, k: int, reps: int) -> dict[str, Any]:
+        # python-etcd3's nearest to getitems: one transaction of k gets (no 3.5.x guard).
+        c = self.c
+        names = names_of(size)
+        gets = [c.transactions.get(prefix + names[(i * 7919) % size]) for i in range(k)]
+
+        def one(ops: list[Any]) -> None:
+            _ok, responses = c.transaction(compare=[], success=ops, failure=[])
+            assert len(responses) == k
+
+        return loop(one, [gets] * reps)
+
     def op_len_count_only(self, prefix: str, expect: int) -> dict[str, Any]:
         # python-etcd3's get_prefix ignores count_only; its own stub honours it.
         from etcd3 import etcdrpc
@@ -631,7 +734,8 @@ class Etcd3Lib(Lib):
 
 
 LIBS: dict[str, type[Lib]] = {
-    "etcdmap": EtcdmapLib, "requests": RequestsLib, "etcd3gw": Etcd3gwLib, "etcd3": Etcd3Lib,
+    "etcdmap": EtcdmapLib, "etcdmap-grpc": EtcdmapGrpcLib, "requests": RequestsLib,
+    "etcd3gw": Etcd3gwLib, "etcd3": Etcd3Lib,
 }
 
 

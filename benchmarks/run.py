@@ -7,9 +7,12 @@
 It starts its own etcd (``etcdmap.testing.EtcdServer``), loads the data, and
 runs every contender in a worker process of its own (``_worker.py``), round by
 round and interleaved, so a burst of load on the machine hits every contender
-alike.  Each contender's figure is its best round (its median is shown too);
-every ratio is between two figures of the same run.  Results go to
-``benchmarks/results/`` as ``results.json`` and ``results.png`` (matplotlib).
+alike.  etcdmap is measured over both transports: ``etcdmap`` (the JSON
+gateway, the default) and ``etcdmap-grpc`` (``transport="grpc"``).  Each
+contender's figure is its best round (its median is shown too); every ratio
+is between two figures of the same run.  Results go to ``benchmarks/results/``
+as ``results.json``, ``summary.md`` (the headline table, markdown) and
+``results.png`` (matplotlib).
 
 python-etcd3 needs protobuf<3.21 or ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``.
 A full run creates (once) ``benchmarks/.venv-etcd3`` with a Python <= 3.10 and
@@ -48,6 +51,7 @@ from etcdmap.testing import EtcdServer  # noqa: E402
 
 LIB_TITLES = {
     "etcdmap": "etcdmap",
+    "etcdmap-grpc": "etcdmap-grpc",
     "requests": "requests",
     "etcd3gw": "etcd3gw",
     "etcd3": "python-etcd3",
@@ -69,15 +73,18 @@ class Config:
     n_cached: int         # workload 6: cached and dict lookups per round
     n_uncached: int       # workload 6: uncached lookups per round
     n_watch: int          # workload 7: events per library per round
+    n_getitems: int       # workload 8: keys per getitems (and single gets to compare)
+    getitems_reps: int    # workload 8: getitems calls per round
 
 
 # Per-op loops: 4 rounds x 250 = 1,000 ops per contender.
 FULL = Config(quick=False, op_rounds=4, rounds=3, cheap_rounds=5, iter_rounds=2,
               n_single=250, n_tree=10_000, n_write=1000, n_iter=(20_000, 200_000),
-              n_contains=250, n_cached=200_000, n_uncached=250, n_watch=100)
+              n_contains=250, n_cached=200_000, n_uncached=250, n_watch=100,
+              n_getitems=100, getitems_reps=10)
 QUICK = Config(quick=True, op_rounds=2, rounds=2, cheap_rounds=2, iter_rounds=1,
                n_single=25, n_tree=1000, n_write=100, n_iter=(2000, 20_000), n_contains=25,
-               n_cached=20_000, n_uncached=25, n_watch=15)
+               n_cached=20_000, n_uncached=25, n_watch=15, n_getitems=100, getitems_reps=2)
 
 TREE = "bench/tree/"
 SINGLE = "bench/w1/"
@@ -138,6 +145,66 @@ class Runtime:
     python: str
     env: dict[str, str]
     note: str = ""
+
+
+PEERS = ("requests", "etcd3gw", "etcd3")
+ETCDMAP_LIBS = ("etcdmap", "etcdmap-grpc")
+
+
+def main_env() -> dict[str, str]:
+    """The environment of the workers that run in this Python: the checkout's etcdmap first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("ETCDMAP_TRANSPORT", None)  # each etcdmap worker names its transport
+    return env
+
+
+def grpc_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("grpc", "google.protobuf"))
+
+
+IMPORT_CHECKS = [
+    # name, code, whether grpc should be imported afterwards
+    ("import etcdmap does not import grpc",
+     "import etcdmap, sys", False),
+    ("the http transport in use does not import grpc",
+     "import etcdmap, sys\n"
+     "c = etcdmap.EtcdClient(ENDPOINT, transport='http')\n"
+     "c.get('bench/w1/k000000'); etcdmap.EtcdMapping('bench/tree', client=c).getitems(['k1'])\n"
+     "w = c.watch_iter('bench/w7/import-check'); w.close(); c.close()", False),
+    ("(sanity) transport='grpc' does import grpc",
+     "import etcdmap, sys\n"
+     "c = etcdmap.EtcdClient(ENDPOINT, transport='grpc'); c.get('bench/w1/k000000'); "
+     "c.close()", True),
+]
+
+
+def import_checks(endpoint: str) -> list[dict[str, Any]]:
+    """Whether grpc is in sys.modules after each snippet, each in a fresh interpreter."""
+    out = []
+    env = main_env()
+    for name, code, expect in IMPORT_CHECKS:
+        script = (f"import time; t0 = time.perf_counter()\nENDPOINT = {endpoint!r}\n{code}\n"
+                  "import json; print(json.dumps(['grpc' in sys.modules, etcdmap.__file__, "
+                  "time.perf_counter() - t0]))")
+        check: dict[str, Any] = {"name": name, "expect": expect, "code": code}
+        try:
+            proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                  text=True, env=env, cwd=HERE, timeout=120, check=False)
+            grpc_in, where, took = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError, subprocess.SubprocessError) as exc:
+            tail = (proc.stderr.strip().splitlines() or [""])[-1] if "proc" in locals() else ""
+            check["error"] = f"check failed: {tail or exc}"
+            out.append(check)
+            continue
+        check["grpc_imported"] = grpc_in
+        check["detail"] = (f"expected {expect}; etcdmap from {os.path.relpath(where, REPO)}, "
+                           f"{took * 1e3:.0f} ms")
+        if not os.path.abspath(where).startswith(REPO + os.sep):
+            check["grpc_imported"] = None
+            check["error"] = f"imported etcdmap from {where}, not from {REPO}"
+        out.append(check)
+    return out
 
 
 def _python_version(python: str) -> tuple[int, int] | None:
@@ -238,14 +305,17 @@ class Bench:
         self.runtimes: dict[str, Runtime] = {}
         self.info: dict[str, Any] = {}
         self.workloads: dict[str, dict[str, Any]] = {}
+        self.checks: list[dict[str, Any]] = []
 
     # workers
 
     def start_workers(self) -> None:
-        main = Runtime(sys.executable, dict(os.environ))
+        main = Runtime(sys.executable, main_env())
         libs: dict[str, Runtime | str] = {"etcdmap": main}
+        libs["etcdmap-grpc"] = main if grpc_installed() else (
+            "grpcio/protobuf not installed: pip install -e '.[grpc]'")
         if self.opts.only_etcdmap:
-            for lib in ("requests", "etcd3gw", "etcd3"):
+            for lib in PEERS:
                 self.unavailable[lib] = "skipped (--only-etcdmap)"
         else:
             libs["requests"] = main
@@ -293,6 +363,8 @@ class Bench:
                     print(f"    {c.label}: ERROR {c.error}", flush=True)
                     continue
                 c.samples.append(res["seconds"] / res["n"])
+                if "txn_reads" in res:
+                    c.extra["txn_reads"] = res["txn_reads"]
                 if "cpu" in res:
                     c.cpu.append(res["cpu"] / res["n"])
                 c.lat.extend(res.get("lat", ()))
@@ -358,6 +430,16 @@ def by_label(contenders: list[Contender]) -> dict[str, Contender]:
 
 FLOOR = "requests HTTPAdapter.send (floor)"
 NAIVE = "requests Session.post (naive)"
+GRPC = "etcdmap-grpc"
+
+
+def ours(rest: str, op: str, args: dict[str, Any] | Any) -> list[Contender]:
+    """One etcdmap contender per transport: ``etcdmap <rest>`` (http), ``etcdmap-grpc <rest>``.
+
+    ``args`` may be a function of the worker's name (for keys of their own).
+    """
+    return [Contender(f"{lib} {rest}", lib, op, args(lib) if callable(args) else args)
+            for lib in ETCDMAP_LIBS]
 
 
 def workload_1(b: Bench) -> None:
@@ -369,9 +451,9 @@ def workload_1(b: Bench) -> None:
     gets = b.measure([
         Contender(FLOOR, "requests", "get_floor", a),
         Contender(NAIVE, "requests", "get_naive", a),
-        Contender("etcdmap client.range(k)", "etcdmap", "get_range", a),
-        Contender("etcdmap client.get(k)", "etcdmap", "get_get", a),
-        Contender("etcdmap mapping[k]", "etcdmap", "get_mapping", a),
+        *ours("client.range(k)", "get_range", a),
+        *ours("client.get(k)", "get_get", a),
+        *ours("mapping[k]", "get_mapping", a),
         Contender("etcd3gw get(k)", "etcd3gw", "get_get", a),
         Contender("python-etcd3 get(k)", "etcd3", "get_get", a),
     ], cfg.op_rounds)
@@ -386,8 +468,8 @@ def workload_1(b: Bench) -> None:
     puts = b.measure([
         Contender(FLOOR, "requests", "put_floor", p("floor")),
         Contender(NAIVE, "requests", "put_naive", p("naive")),
-        Contender("etcdmap client.put(k, v)", "etcdmap", "put_put", p("etcdmap-put")),
-        Contender("etcdmap mapping[k] = v", "etcdmap", "put_mapping", p("etcdmap-map")),
+        *ours("client.put(k, v)", "put_put", lambda lib: p(f"{lib}-put")),
+        *ours("mapping[k] = v", "put_mapping", lambda lib: p(f"{lib}-map")),
         Contender("etcd3gw put(k, v)", "etcd3gw", "put_put", p("etcd3gw")),
         Contender("python-etcd3 put(k, v)", "etcd3", "put_put", p("etcd3")),
     ], cfg.op_rounds)
@@ -402,10 +484,9 @@ def workload_2(b: Bench) -> None:
     print(f"[2] read a {n}-key subtree ({cfg.cheap_rounds} rounds)", flush=True)
     a = {"prefix": TREE, "expect": n}
     rows = b.measure([
-        Contender("etcdmap EtcdMapping.to_dict()", "etcdmap", "subtree_to_dict", a),
-        Contender("etcdmap client.range_iter() -> dict", "etcdmap", "subtree_range_iter", a),
-        Contender("etcdmap client.range(prefix) -> dict (1 request)", "etcdmap",
-                  "subtree_range", a),
+        *ours("EtcdMapping.to_dict()", "subtree_to_dict", a),
+        *ours("client.range_iter() -> dict", "subtree_range_iter", a),
+        *ours("client.range(prefix) -> dict (1 request)", "subtree_range", a),
         Contender("requests floor: 1 unpaged range, body only", "requests",
                   "subtree_floor", a),
         Contender("requests naive: 1 unpaged range + json + b64", "requests",
@@ -428,10 +509,10 @@ def workload_3(b: Bench) -> None:
         return {"prefix": f"bench/w3/{slug}/", "n": n}
 
     rows = b.measure([
-        Contender("etcdmap EtcdMapping.update(dict)", "etcdmap", "write_update", a("update")),
-        Contender("etcdmap client.txn, 128 puts each (no clearing)", "etcdmap",
-                  "write_txn_puts", a("txn")),
-        Contender("etcdmap client.put per key", "etcdmap", "write_put_each", a("etcdmap")),
+        *ours("EtcdMapping.update(dict)", "write_update", lambda lib: a(f"{lib}-update")),
+        *ours("client.txn, 128 puts each (no clearing)", "write_txn_puts",
+              lambda lib: a(f"{lib}-txn")),
+        *ours("client.put per key", "write_put_each", a),
         Contender("etcd3gw put per key", "etcd3gw", "write_put_each", a("etcd3gw")),
         Contender("python-etcd3 put per key", "etcd3", "write_put_each", a("etcd3")),
     ], cfg.rounds)
@@ -446,8 +527,8 @@ def workload_4(b: Bench) -> None:
     print(f"[4] len() and membership on a {n}-key subtree", flush=True)
     a = {"prefix": TREE, "expect": n}
     rows = b.measure([
-        Contender("etcdmap len(mapping)", "etcdmap", "len_len", a),
-        Contender("etcdmap client.range(count_only)", "etcdmap", "len_count_only", a),
+        *ours("len(mapping)", "len_len", a),
+        *ours("client.range(count_only)", "len_count_only", a),
         Contender("requests naive count_only", "requests", "len_count_only", a),
         Contender("etcd3gw count_only (its post())", "etcd3gw", "len_count_only", a),
         Contender("python-etcd3 count_only (its kvstub)", "etcd3", "len_count_only", a),
@@ -460,8 +541,8 @@ def workload_4(b: Bench) -> None:
     m = cfg.n_contains
     c = {"prefix": TREE, "n": m}
     rows = b.measure([
-        Contender("etcdmap k in mapping", "etcdmap", "contains_in", c),
-        Contender("etcdmap client.range(k, count_only)", "etcdmap", "contains_count_only", c),
+        *ours("k in mapping", "contains_in", c),
+        *ours("client.range(k, count_only)", "contains_count_only", c),
         Contender("etcd3gw get(k)", "etcd3gw", "contains_get", c),
         Contender("python-etcd3 get(k)", "etcd3", "contains_get", c),
     ], cfg.op_rounds)
@@ -477,8 +558,9 @@ def workload_5(b: Bench) -> None:
     print(f"[5] iterate {large} keys: time ({rounds} rounds + 1 in a fresh process) and peak "
           f"memory ({small} vs {large} keys, one fresh process per measurement)", flush=True)
     spec = [
-        ("etcdmap EtcdMapping.items()", "etcdmap", "iterate_items"),
-        ("etcdmap client.range_iter()", "etcdmap", "iterate_range_iter"),
+        *((f"{lib} {what}", lib, op) for lib in ETCDMAP_LIBS
+          for what, op in (("EtcdMapping.items()", "iterate_items"),
+                           ("client.range_iter()", "iterate_range_iter"))),
         ("etcd3gw get_prefix()", "etcd3gw", "iterate_get_prefix"),
         ("python-etcd3 get_prefix()", "etcd3", "iterate_get_prefix"),
     ]
@@ -506,6 +588,9 @@ def workload_5(b: Bench) -> None:
                 row[f"{mode}_ratio"] = row[f"{mode}_{large}"] / row[f"{mode}_{small}"]
         if lib == "etcd3":
             row["tracemalloc_note"] = "n/a: protobuf's C++ objects are invisible to tracemalloc"
+        elif lib == GRPC:
+            row["tracemalloc_note"] = ("Python objects only: protobuf's (upb) messages and "
+                                       "grpc's buffers are invisible to tracemalloc")
         mem_rows.append(row)
         print(f"    memory {label}: " + ", ".join(
             f"{k}={_mib(v)}" for k, v in row.items() if k.startswith(("rss_", "tracemalloc_"))
@@ -519,7 +604,8 @@ def workload_5(b: Bench) -> None:
         "name": f"peak memory while iterating {small} vs {large} keys",
         "sizes": [small, large], "rows": mem_rows,
         "note": "rss: growth of the peak RSS (VmHWM reset before the operation); "
-                "tracemalloc: peak of Python allocations; one fresh process each",
+                "tracemalloc: peak of Python allocations (not protobuf's C memory: "
+                "python-etcd3 not measured, etcdmap-grpc partly); one fresh process each",
     }
 
 
@@ -531,23 +617,29 @@ def workload_6(b: Bench) -> None:
     cfg = b.cfg
     n = cfg.n_tree
     print(f"[6] cached reads vs uncached gets vs a plain dict ({n}-key subtree)", flush=True)
-    try:
-        setup = b.workers["etcdmap"].call("cached_setup", prefix=TREE, expect=n)
-    except WorkerError as exc:
-        b.workloads["6"] = {"tables": [], "error": str(exc)}
+    setup: dict[str, float] = {}
+    for lib in ETCDMAP_LIBS:
+        if not b.has(lib):
+            continue
+        try:
+            setup[lib] = b.workers[lib].call("cached_setup", prefix=TREE, expect=n)["seconds"]
+        except WorkerError as exc:
+            print(f"    {lib} m.cached(): ERROR {str(exc).strip().splitlines()[-1]}", flush=True)
+    if "etcdmap" not in setup:
+        b.workloads["6"] = {"tables": [], "error": "etcdmap m.cached() failed"}
         return
+    cached = {"size": n, "n": cfg.n_cached}
     rows = b.measure([
-        Contender("plain dict d[k]", "etcdmap", "cached_dict",
-                  {"size": n, "n": cfg.n_cached}),
-        Contender("etcdmap m.cached()[k]", "etcdmap", "cached_cached",
-                  {"size": n, "n": cfg.n_cached}),
-        Contender("etcdmap m[k] (uncached)", "etcdmap", "cached_uncached",
-                  {"prefix": TREE, "size": n, "n": cfg.n_uncached}),
+        Contender("plain dict d[k]", "etcdmap", "cached_dict", cached),
+        *(c for c in ours("m.cached()[k]", "cached_cached", cached) if c.lib in setup),
+        *ours("m[k] (uncached)", "cached_uncached",
+              {"prefix": TREE, "size": n, "n": cfg.n_uncached}),
     ], cfg.op_rounds)
+    took = ", ".join(f"{lib} {sec * 1e3:.0f} ms" for lib, sec in setup.items())
     b.table("6", f"lookups of existing keys ({n}-key subtree)", "us/op", rows,
             ["plain dict d[k]"],
-            f"the same loop `for k in keys: obj[k]` for all three; m.cached() itself "
-            f"took {setup['seconds'] * 1e3:.0f} ms (load + watch)")
+            f"the same loop `for k in keys: obj[k]` for all; m.cached() itself "
+            f"took {took} (load + watch)")
 
 
 def workload_7(b: Bench) -> None:
@@ -557,6 +649,7 @@ def workload_7(b: Bench) -> None:
           flush=True)
     spec = [
         ("etcdmap watch_iter", "etcdmap"),
+        ("etcdmap-grpc watch_iter", GRPC),
         ("etcd3gw watch", "etcd3gw"),
         ("python-etcd3 watch", "etcd3"),
     ]
@@ -564,7 +657,7 @@ def workload_7(b: Bench) -> None:
     errors: dict[str, str] = {}
     live = [(label, lib) for label, lib in spec if b.has(lib)]
     for r in range(cfg.rounds):
-        k = r % len(live)
+        k = r % max(1, len(live))
         for label, lib in live[k:] + live[:k]:
             if label in errors:
                 continue
@@ -597,6 +690,31 @@ def workload_7(b: Bench) -> None:
                 "puts); samples pooled over the rounds"}}
 
 
+def workload_8(b: Bench) -> None:
+    cfg = b.cfg
+    size, k, reps = cfg.n_tree, cfg.n_getitems, cfg.getitems_reps
+    print(f"[8] getitems of {k} keys vs {k} single gets ({cfg.op_rounds} rounds x {reps})",
+          flush=True)
+    a = {"prefix": TREE, "size": size, "k": k, "reps": reps}
+    forced = {**a, "force_txn_reads": True}
+    rows = b.measure([
+        *ours(f"m.getitems({k} keys)", "getitems_getitems", a),
+        *ours(f"m.getitems({k} keys), txn reads forced", "getitems_getitems", forced),
+        *ours(f"{k} x mapping[k]", "getitems_mapping", a),
+        *ours(f"{k} x client.get(k)", "getitems_get", a),
+        Contender(f"python-etcd3 {k} x get(k)", "etcd3", "getitems_get", a),
+        Contender(f"python-etcd3 transaction of {k} gets", "etcd3", "getitems_txn", a),
+    ], cfg.op_rounds)
+    b.table("8", f"read {k} keys of a {size}-key subtree", "ms", rows,
+            [f"etcdmap {k} x mapping[k]"],
+            "getitems reads every key at one revision, a leaf and a subtree probe per key, "
+            "in read-only transactions of up to 128 ranges, but as separate ranges on "
+            "etcd 3.5.0-3.5.6 (they can crash on an abandoned read-only txn; gRPC keeps "
+            "many in flight, the gateway reads one after another); 'txn reads forced' "
+            "pretends the member is >= 3.5.7 (the benchmark's 30 s timeout never abandons "
+            "one)")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q
@@ -606,7 +724,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 WORKLOADS = {"1": workload_1, "2": workload_2, "3": workload_3, "4": workload_4,
-             "5": workload_5, "6": workload_6, "7": workload_7}
+             "5": workload_5, "6": workload_6, "7": workload_7, "8": workload_8}
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -644,6 +762,24 @@ def targets(b: Bench) -> list[dict[str, Any]]:
         out.append({"name": name, "status": "PASS" if ok else "FAIL", "value": value,
                     "op": op, "threshold": threshold, "detail": detail})
 
+    def ratio(name: str, wid: str, table: int, num: str, den: str, op: str,
+              threshold: float, unit: str = "us") -> None:
+        """A target on ``num``'s best time / ``den``'s best time, from one table."""
+        top, bottom = _row(b, wid, table, num), _row(b, wid, table, den)
+        if top and bottom:
+            scale = 1e6 if unit == "us" else 1e3
+            add(name, top["best_s"] / bottom["best_s"], op, threshold,
+                f"{top['best_s'] * scale:.{0 if unit == 'us' else 1}f} {unit} vs "
+                f"{bottom['best_s'] * scale:.{0 if unit == 'us' else 1}f} {unit}; median ratio "
+                f"{top['median_s'] / bottom['median_s']:.2f}")
+            return
+        missing = [label for label in (num, den) if not _row(b, wid, table, label)]
+        libs = {lib for lib in LIB_TITLES if any(m.startswith(LIB_TITLES[lib] + " ")
+                                                 for m in missing)}
+        why = "; ".join(f"{LIB_TITLES[lib]}: {b.unavailable[lib]}" for lib in sorted(libs)
+                        if lib in b.unavailable)
+        add(name, None, op, threshold, "", why or f"not measured: {', '.join(missing)}")
+
     # 1. single get within 1.15x of the floor
     floor = _row(b, "1", 0, FLOOR)
     for label in ("etcdmap client.get(k)", "etcdmap client.range(k)"):
@@ -664,6 +800,38 @@ def targets(b: Bench) -> list[dict[str, Any]]:
     else:
         add("subtree read: python-etcd3 get_prefix / etcdmap to_dict", None, ">=", 1.3, "",
             "python-etcd3: " + b.unavailable.get("etcd3", "not measured"))
+    # 2. (gateway) to_dict within 1.15x of the bare requests.post + json + base64 read
+    naive = "requests naive: 1 unpaged range + json + b64"
+    ratio("subtree read: etcdmap to_dict / requests.post+json+b64", "2", 0,
+          "etcdmap EtcdMapping.to_dict()", naive, "<=", 1.15, "ms")
+    # gRPC transport against python-etcd3 (and getitems against single gets)
+    ratio("gRPC single get: etcdmap-grpc client.get(k) / python-etcd3 get(k)", "1", 0,
+          f"{GRPC} client.get(k)", "python-etcd3 get(k)", "<=", 1.0)
+    ratio("gRPC single get: etcdmap-grpc client.range(k) / python-etcd3 get(k)", "1", 0,
+          f"{GRPC} client.range(k)", "python-etcd3 get(k)", "<=", 1.0)
+    ratio("gRPC single put: etcdmap-grpc client.put / python-etcd3 put", "1", 1,
+          f"{GRPC} client.put(k, v)", "python-etcd3 put(k, v)", "<=", 1.0)
+    ratio("gRPC subtree read: python-etcd3 get_prefix / etcdmap-grpc to_dict", "2", 0,
+          "python-etcd3 get_prefix()", f"{GRPC} EtcdMapping.to_dict()", ">=", 1.4, "ms")
+    ratio("gRPC subtree read: python-etcd3 get_prefix / etcdmap-grpc client.range(prefix)",
+          "2", 0, "python-etcd3 get_prefix()",
+          f"{GRPC} client.range(prefix) -> dict (1 request)", ">=", 1.4, "ms")
+    k = b.cfg.n_getitems
+    ratio(f"gRPC getitems: {k} x mapping[k] / m.getitems({k} keys)", "8", 0,
+          f"{GRPC} {k} x mapping[k]", f"{GRPC} m.getitems({k} keys)", ">=", 3, "ms")
+    ratio(f"gRPC getitems: {k} x client.get(k) / m.getitems({k} keys)", "8", 0,
+          f"{GRPC} {k} x client.get(k)", f"{GRPC} m.getitems({k} keys)", ">=", 3, "ms")
+    for single in ("mapping[k]", "client.get(k)"):
+        ratio(f"gRPC getitems, txn reads forced (as on etcd >= 3.5.7): {k} x {single} / "
+              "getitems", "8", 0, f"{GRPC} {k} x {single}",
+              f"{GRPC} m.getitems({k} keys), txn reads forced", ">=", 3, "ms")
+    # import etcdmap does not import grpc (unless the gRPC transport is used)
+    for check in b.checks:
+        got = check.get("grpc_imported")
+        add(check["name"], None if got is None else float(got == check["expect"]), ">=", 1,
+            check.get("detail", ""), check.get("error", "not measured"))
+        if got is not None:
+            out[-1]["shown"] = f"'grpc' in sys.modules: {got}"
     # 3. update() at least 20x faster than one put per key (each per-key contender)
     upd = _row(b, "3", 0, "etcdmap EtcdMapping.update(dict)")
     for label in ("etcdmap client.put per key", "etcd3gw put per key",
@@ -680,7 +848,7 @@ def targets(b: Bench) -> list[dict[str, Any]]:
     if mem:
         small, large = mem["sizes"]
         for row in mem["rows"]:
-            if row["lib"] != "etcdmap":
+            if row["lib"] not in ETCDMAP_LIBS:
                 continue
             r = row.get("tracemalloc_ratio")
             detail = (f"tracemalloc peak {_mib(row.get(f'tracemalloc_{small}'))} at {small} vs "
@@ -715,6 +883,61 @@ def _fmt(seconds: float | None, unit: str) -> str:
         us = seconds * 1e6
         return f"{us * 1e3:.0f} ns" if us < 1 else f"{us:.1f} us"
     return f"{seconds * 1e3:.1f} ms"
+
+
+def summary(b: Bench) -> str:
+    """The headline figures, one row per contender: a markdown table for a README."""
+    n, k = b.cfg.n_tree, b.cfg.n_getitems
+    gi, gif, gs = f"m.getitems({k} keys)", f"m.getitems({k} keys), txn reads forced", \
+        f"{k} x client.get(k)"
+    # contender: (get, put, to_dict, one range, getitems, k single gets), labels per table
+    mine: list[tuple[str, list[str | None]]] = [
+        (f"etcdmap, {'gRPC' if lib == GRPC else 'JSON gateway'}",
+         [f"{lib} client.get(k)", f"{lib} client.put(k, v)", f"{lib} EtcdMapping.to_dict()",
+          f"{lib} client.range(prefix) -> dict (1 request)", f"{lib} {gi}", f"{lib} {gs}"])
+        for lib in ETCDMAP_LIBS]
+    spec: list[tuple[str, list[str | None]]] = [
+        *mine,
+        ("python-etcd3 (gRPC)", ["python-etcd3 get(k)", "python-etcd3 put(k, v)", None,
+                                 "python-etcd3 get_prefix()",
+                                 f"python-etcd3 transaction of {k} gets",
+                                 f"python-etcd3 {k} x get(k)"]),
+        ("etcd3gw (JSON gateway)", ["etcd3gw get(k)", "etcd3gw put(k, v)", None,
+                                    "etcd3gw get_prefix()", None, None]),
+        ("requests, naive", [NAIVE, NAIVE, None,
+                             "requests naive: 1 unpaged range + json + b64", None, None]),
+        ("requests, floor", [FLOOR, FLOOR, None, "requests floor: 1 unpaged range, body only",
+                             None, None]),
+    ]
+    where = [("1", 0, "us"), ("1", 1, "us"), ("2", 0, "ms"), ("2", 0, "ms"), ("8", 0, "ms"),
+             ("8", 0, "ms")]
+    head = ["contender", "single get", "single put", f"{n:,}-key to_dict()",
+            f"{n:,}-key one range", f"getitems {k} keys", f"{k} single gets"]
+    rows = []
+    for title, labels in spec:
+        cells = [title]
+        for label, (wid, table, unit) in zip(labels, where, strict=True):
+            row = _row(b, wid, table, label) if label else None
+            if label is None or row is None:
+                cells.append("-")
+                continue
+            cell = (f"{row['best_s'] * 1e6:.0f} us" if unit == "us"
+                    else f"{row['best_s'] * 1e3:.1f} ms")
+            if label.endswith(gi):
+                forced = _row(b, wid, table, label.replace(gi, gif))
+                if forced and not row.get("txn_reads"):
+                    cell += f" ({forced['best_s'] * 1e3:.1f} ms in txns)"
+            cells.append(cell)
+        if any(c != "-" for c in cells[1:]):
+            rows.append(cells)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), sep, *(line(r) for r in rows)])
 
 
 def render(b: Bench, results: dict[str, Any]) -> str:
@@ -772,10 +995,16 @@ def render(b: Bench, results: dict[str, Any]) -> str:
                              f"{r.get('ratio_p50', 0):>9.2f}x {r.get('ratio_p99', 0):>9.2f}x")
             lines.append(f"  note: {lat['note']}")
     lines.append("")
+    lines.append(f"Summary (best round; etcd {results['meta']['etcd']}, "
+                 f"{'quick' if results['meta']['quick'] else 'full'} run; also in summary.md)")
+    lines.append(results["summary"])
+    lines.append("")
     lines.append("Targets")
     for t in results["targets"]:
         if t["status"] == "SKIP":
             lines.append(f"  SKIP  {t['name']} {t['op']} {t['threshold']}: {t['detail']}")
+        elif "shown" in t:
+            lines.append(f"  {t['status']}  {t['name']}: {t['shown']} ({t['detail']})")
         else:
             lines.append(f"  {t['status']}  {t['name']} = {t['value']:.3g} "
                          f"(target {t['op']} {t['threshold']}; {t['detail']})")
@@ -815,7 +1044,8 @@ def chart(results: dict[str, Any], path: str) -> str:
             labels = [r["label"] for r in good]
             scale = 1e6 if data["unit"] == "us/op" else 1e3
             values = [r["best_s"] * scale for r in good]
-            colors = ["tab:blue" if r["lib"] == "etcdmap" else "tab:gray" for r in good]
+            colors = [{"etcdmap": "tab:blue", GRPC: "tab:green"}.get(r["lib"], "tab:gray")
+                      for r in good]
             ax.barh(labels, values, color=colors)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
@@ -850,8 +1080,9 @@ def chart(results: dict[str, Any], path: str) -> str:
         ax.axis("off")
     mode = "quick" if results["meta"]["quick"] else "full"
     fig.suptitle(f"etcdmap benchmarks ({mode} run, {results['meta']['started']}); "
-                 "blue = etcdmap, label = ratio to the table's baseline", fontsize=10)
-    fig.tight_layout()
+                 "blue = etcdmap (JSON gateway), green = etcdmap-grpc, label = ratio to the "
+                 "table's baseline", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -869,7 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results"),
                         help="directory for results.json and results.png")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help="comma-separated subset of 1-7")
+                        help="comma-separated subset of 1-8")
     parser.add_argument("--rounds", type=int, default=None, help="override the rounds")
     parser.add_argument("--etcd3-venv", choices=["auto", "yes", "no"], default="auto",
                         help="python-etcd3 in benchmarks/.venv-etcd3 (auto: use it if "
@@ -904,6 +1135,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  loaded the data in {time.perf_counter() - t0:.1f} s", flush=True)
         bench = Bench(opts, cfg, server.endpoint)
         elapsed: dict[str, float] = {"load": round(time.perf_counter() - t0, 1)}
+        bench.checks = import_checks(server.endpoint)
+        for check in bench.checks:
+            print(f"  {check['name']}: 'grpc' in sys.modules = "
+                  f"{check.get('grpc_imported', check.get('error'))}", flush=True)
         try:
             bench.start_workers()
             load_before = os.getloadavg()
@@ -930,10 +1165,14 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": elapsed,
         },
         "unavailable": bench.unavailable,
+        "import_checks": bench.checks,
         "workloads": bench.workloads,
     }
     results["targets"] = targets(bench)
+    results["summary"] = summary(bench)
     text = render(bench, results)
+    with open(os.path.join(opts.out, "summary.md"), "w") as f:
+        f.write(results["summary"] + "\n")
     print(text)
     json_path = os.path.join(opts.out, "results.json")
     with open(json_path, "w") as f:

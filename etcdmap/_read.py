@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ._settings import MAX_PAGE_SIZE
 from ._tree import add_to_tree
 from ._wire.keys import key_name
 from .ops import Range, prefix_end
@@ -111,11 +112,15 @@ def lookup_all(m: Reader, fulls: list[bytes]) -> list[tuple[KeyValue | None, boo
                                         for op in (Range(full), probe(m, full))])
         return [(leaf.kvs[0] if leaf.kvs else None, addressable(m, full, tree.kvs))
                 for full, leaf, tree in zip(fulls, answers[::2], answers[1::2], strict=True)]
-    found, revision = [], 0  # a key at a time, all at the first one's revision
-    for full in fulls:
-        kv, is_dir, revision = lookup(m, full, revision=revision)
-        found.append((kv, is_dir))
-    return found
+    # Every leaf, then a probe for each key without one, all at the first read's
+    # revision (the transport may have many of them in flight at once).
+    leaves = m._client.range_many([Range(full) for full in fulls])
+    revision = leaves[0].revision
+    bare = [full for full, leaf in zip(fulls, leaves, strict=True) if not leaf.kvs]
+    trees = dict(zip(bare, m._client.range_many([probe(m, full, revision) for full in bare]),
+                     strict=True))
+    return [(leaf.kvs[0], False) if leaf.kvs else (None, addressable(m, full, trees[full].kvs))
+            for full, leaf in zip(fulls, leaves, strict=True)]
 
 
 def has_children(m: Reader) -> bool:
@@ -155,7 +160,10 @@ def tree_at(m: Reader, progress: Callable[[int, int], None] | None = None,
     start, end = m._span()
     out: dict[str, Any] = {}
     revision = done = total = 0
-    for page in m._client.pages(start, end, page_size=m._page_size):
+    # All of it is kept anyway: the largest pages from the start, fewest round trips
+    # (unless someone watches the progress, which then moves page by page).
+    first = m._page_size if progress is not None else max(m._page_size, MAX_PAGE_SIZE)
+    for page in m._client.pages(start, end, page_size=first):
         revision = page.revision
         total = total or page.count
         add_to_tree(out, page.kvs, len(m._base), m._sep, m._decode_at)

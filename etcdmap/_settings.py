@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["DEFAULT_ENDPOINT", "MAX_PAGE_SIZE", "MAX_TXN_OPS", "PAGE_SIZE", "READ_TIMEOUT",
-           "Settings",
+           "TRANSPORTS", "Settings",
            "check_count", "check_seconds", "go_duration", "txn_read_crashes"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
@@ -22,6 +22,7 @@ PAGE_SIZE = 1000  # keys in the first page of a scan (pages then double)
 MAX_PAGE_SIZE = 8000  # keys in a page at the most
 READ_TIMEOUT = 60.0  # seconds a watch waits in silence before it asks its member
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+TRANSPORTS = ("http", "grpc")  # the JSON gateway over requests (the default), or gRPC
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -86,6 +87,7 @@ class Settings:
     allow_redirects: bool
     auto_sync: bool
     max_txn_ops: int
+    transport: str = "http"
 
     @property
     def tls_cert(self) -> str | tuple[str, str] | None:
@@ -103,7 +105,7 @@ class Settings:
                 "retry_deadline": self.retry_deadline, "ca_cert": self.ca_cert,
                 "cert": self.cert, "key": self.key, "verify": self.verify,
                 "allow_redirects": self.allow_redirects, "auto_sync": self.auto_sync,
-                "max_txn_ops": self.max_txn_ops}
+                "max_txn_ops": self.max_txn_ops, "transport": self.transport}
 
     @classmethod
     def resolve(cls, *, endpoints: str | Sequence[str] | None = None,
@@ -112,8 +114,8 @@ class Settings:
                 ca_cert: str | None = None, cert: str | None = None, key: str | None = None,
                 verify: bool = True, ssl_cert: str | None = None, ssl_key: str | None = None,
                 allow_redirects: bool = False, auto_sync: bool = False,
-                max_txn_ops: int = MAX_TXN_OPS, env: Mapping[str, str] = os.environ,
-                ) -> Settings:
+                max_txn_ops: int = MAX_TXN_OPS, transport: str | None = None,
+                env: Mapping[str, str] = os.environ) -> Settings:
         """The settings of these arguments, with etcdctl's variables where they are None."""
         if endpoints is None:
             endpoints = env.get("ETCDCTL_ENDPOINTS") or DEFAULT_ENDPOINT
@@ -139,7 +141,20 @@ class Settings:
                    ca_cert=ca_cert or env.get("ETCDCTL_CACERT"), cert=cert, key=key,
                    verify=verify, credentials=_credentials(username, password, env),
                    allow_redirects=allow_redirects, auto_sync=auto_sync,
-                   max_txn_ops=check_count("max_txn_ops", max_txn_ops))
+                   max_txn_ops=check_count("max_txn_ops", max_txn_ops),
+                   transport=check_transport(transport, env))
+
+
+def check_transport(transport: object, env: Mapping[str, str] = os.environ) -> str:
+    """``transport=``, else ``ETCDMAP_TRANSPORT``, else ``"http"``; checked."""
+    name = "transport"
+    if transport is None:
+        transport, name = env.get("ETCDMAP_TRANSPORT") or "http", "ETCDMAP_TRANSPORT"
+    if not isinstance(transport, str):
+        raise TypeError(f"transport must be a str, not {type(transport).__name__}")
+    if transport.strip().lower() not in TRANSPORTS:
+        raise ValueError(f"invalid {name} {transport!r}; expected one of {list(TRANSPORTS)}")
+    return transport.strip().lower()
 
 
 def _credentials(username: str | None, password: str | None,

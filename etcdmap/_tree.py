@@ -162,7 +162,12 @@ def add_to_tree(tree: dict[str, Any], kvs: Iterable[KeyValue], base_len: int, se
                 decode: Decode) -> None:
     """Add key-values (in key order) to a nested dict; a leaf wins over a subtree."""
     for kv in kvs:
-        parts = key_name(kv.key[base_len:]).split(sep)
+        name = key_name(kv.key[base_len:])
+        if sep not in name:  # the common case, a leaf of the top level: no walk
+            if name and name not in tree:
+                tree[name] = decode(kv.value, kv.key)
+            continue
+        parts = name.split(sep)
         if "" in parts:
             continue  # an empty segment: not addressable
         node = tree

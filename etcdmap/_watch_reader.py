@@ -45,7 +45,11 @@ __all__ = ["Reader"]
 
 
 class _Denied(Exception):
-    """The server cancelled the watch with "permission denied"."""
+    """The server cancelled the watch for its token: renew it once, else raise ``final``."""
+
+    def __init__(self, final: EtcdServerError):
+        super().__init__(str(final))
+        self.final = final
 
 
 class Reader:
@@ -122,7 +126,7 @@ class Reader:
                 # etcd cancels a watch made with an expired token with "permission
                 # denied" (etcd-io/etcd#12385): renew the token once and resume.
                 if not self.transport.has_credentials or self.retried_denial:
-                    self._put(EtcdPermissionError(str(exc), code=GrpcCode.PERMISSION_DENIED))
+                    self._put(exc.final)
                     return
                 self.retried_denial = True
                 try:
@@ -273,9 +277,10 @@ class Reader:
                                  compact_revision=compact)
         reason = reply.cancel_reason
         if "permission denied" in reason:
-            return _Denied(reason)
+            return _Denied(EtcdPermissionError(reason, code=GrpcCode.PERMISSION_DENIED))
         if "auth" in reason and "token" in reason:
-            return EtcdAuthError(reason, code=GrpcCode.UNAUTHENTICATED)
+            # etcd 3.4 says "invalid auth token" where 3.5 says "permission denied".
+            return _Denied(EtcdAuthError(reason, code=GrpcCode.UNAUTHENTICATED))
         return EtcdServerError(reason or "watch cancelled by the server")
 
     def _event(self, change: WatchChange) -> Event[Any]:

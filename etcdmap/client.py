@@ -20,7 +20,7 @@ from ._settings import (
     Settings,
     txn_read_crashes,
 )
-from ._transport import GatewayTransport, HTTPTransport, Transport
+from ._transport import Transport, open_transport
 from ._wire.replies import check_txn
 from .compat import ClassicMixin, like
 from .errors import EtcdCompacted, EtcdError
@@ -59,7 +59,7 @@ K = TypeVar("K", str, bytes)
 
 
 class EtcdClient(MembersMixin, ClassicMixin):
-    """A client for one etcd cluster, over its v3 JSON gateway.
+    """A client for one etcd cluster, over its v3 JSON gateway or gRPC.
 
     ``endpoints`` is a URL, a comma-separated string or a list of URLs; unset it
     reads ``ETCDCTL_ENDPOINTS``, else uses ``http://127.0.0.1:2379``.  TLS
@@ -69,6 +69,9 @@ class EtcdClient(MembersMixin, ClassicMixin):
     over to the next endpoint while it is safe and ``retry_deadline`` has not
     passed.  ``auto_sync`` relearns the endpoints from the member list.
     ``allow_redirects`` follows HTTP redirects (keeping method and body).
+    ``transport`` is ``"http"`` (the JSON gateway over requests) or ``"grpc"``
+    (``pip install 'etcdmap[grpc]'``); unset it reads ``ETCDMAP_TRANSPORT``,
+    else uses ``"http"``.
     """
 
     def __init__(
@@ -89,12 +92,13 @@ class EtcdClient(MembersMixin, ClassicMixin):
         allow_redirects: bool = False,
         auto_sync: bool = False,
         max_txn_ops: int = MAX_TXN_OPS,
+        transport: str | None = None,
     ):
         settings = Settings.resolve(
             endpoints=endpoints, timeout=timeout, retry_deadline=retry_deadline,
             username=username, password=password, ca_cert=ca_cert, cert=cert, key=key,
             verify=verify, ssl_cert=ssl_cert, ssl_key=ssl_key, allow_redirects=allow_redirects,
-            auto_sync=auto_sync, max_txn_ops=max_txn_ops)
+            auto_sync=auto_sync, max_txn_ops=max_txn_ops, transport=transport)
         self._settings = settings
         self.max_txn_ops = settings.max_txn_ops
         self._auto_sync = auto_sync
@@ -102,19 +106,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
         self._last_sync = 0.0
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._txn_read_safety: dict[str, bool] = {}  # endpoint -> see txn_reads
-        explicit = settings.retry_deadline
-        self._transport: Transport = GatewayTransport(HTTPTransport(
-            settings.endpoints,
-            timeout=settings.timeout,
-            retry_deadline=settings.timeout if explicit is None else explicit,
-            # With nothing listening anywhere, wait long only if asked to.
-            dial_window=explicit,
-            session=session,
-            verify=settings.tls_verify,
-            cert=settings.tls_cert,
-            credentials=settings.credentials,
-            allow_redirects=allow_redirects,
-        ))
+        self._transport: Transport = open_transport(settings, session=session)
         if auto_sync:
             self._transport.on_endpoint_failure = self._mark_sync_due
 
@@ -207,6 +199,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
         for page in self.pages(k, end, revision=revision, keys_only=keys_only,
                                page_size=page_size):
             yield from page.kvs
+            del page  # not held while the next page is read: one page in memory
 
     def pages(self, key: bytes, range_end: bytes | None, *, revision: int = 0,
               keys_only: bool = False,
@@ -232,6 +225,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
             if not page.more or not page.kvs:
                 return
             key = page.kvs[-1].key + b"\0"
+            del page  # not held while the next page is read: one page in memory
             if skip_to is not None and skip_to > key:
                 key = skip_to
                 if range_end not in (None, ALL_KEYS) and key >= range_end:
@@ -263,7 +257,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
         etcd 3.5.0 to 3.5.6 crash (etcd-io/etcd#14110, #14891) when a client
         gives up on a read-only transaction, as a client with a timeout does;
         with those members reads go one range at a time, pinned to one
-        revision.  Asked of each member once (``GET /version``).
+        revision.  Asked of each member once (its version).
         """
         endpoint = self._transport.endpoint
         safe = self._txn_read_safety.get(endpoint)
@@ -293,17 +287,20 @@ class EtcdClient(MembersMixin, ClassicMixin):
         raise EtcdCompacted("ranges kept being compacted while they were read")
 
     def _ranges_at_one_revision(self, ranges: Sequence[Range]) -> list[RangeResponse]:
+        if len(ranges) == 1 or not self.txn_reads:
+            # The first read fixes the revision; the rest may be in flight at once.
+            first = self._read(ranges[0])
+            rest = [dataclasses.replace(r, revision=r.revision or first.revision)
+                    for r in ranges[1:]]
+            return [first, *self._wire().ranges(rest)]
         out: list[RangeResponse] = []
         revision = 0
-        step = self.max_txn_ops if len(ranges) > 1 and self.txn_reads else 1
+        step = self.max_txn_ops
         for i in range(0, len(ranges), step):
             batch = [dataclasses.replace(r, revision=r.revision or revision)
                      for r in ranges[i:i + step]]
-            if step == 1:
-                out.append(self._read(batch[0]))
-            else:
-                out += [r for r in self.txn(success=batch).responses
-                        if isinstance(r, RangeResponse)]
+            out += [r for r in self.txn(success=batch).responses
+                    if isinstance(r, RangeResponse)]
             revision = revision or out[-1].revision
         return out
 

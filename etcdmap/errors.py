@@ -282,6 +282,23 @@ def error_from_body(status: int, body: object) -> EtcdServerError:
     return cls(message, code=code, status=status)
 
 
+# How the gateway turns a gRPC code into an HTTP status (grpc-gateway's table),
+# so an error reads the same over either transport.
+_STATUS_OF_CODE: dict[int, int] = {
+    GrpcCode.CANCELLED: 408, GrpcCode.UNKNOWN: 500, GrpcCode.INVALID_ARGUMENT: 400,
+    GrpcCode.DEADLINE_EXCEEDED: 504, GrpcCode.NOT_FOUND: 404, GrpcCode.ALREADY_EXISTS: 409,
+    GrpcCode.PERMISSION_DENIED: 403, GrpcCode.RESOURCE_EXHAUSTED: 429,
+    GrpcCode.FAILED_PRECONDITION: 400, GrpcCode.ABORTED: 409, GrpcCode.OUT_OF_RANGE: 400,
+    GrpcCode.UNIMPLEMENTED: 501, GrpcCode.INTERNAL: 500, GrpcCode.UNAVAILABLE: 503,
+    GrpcCode.DATA_LOSS: 500, GrpcCode.UNAUTHENTICATED: 401,
+}
+
+
+def error_from_status(code: int, message: str) -> EtcdServerError:
+    """The typed error for a gRPC status that etcd answered with."""
+    return error_from_body(_STATUS_OF_CODE.get(code, 500), {"code": code, "message": message})
+
+
 def transient(error: EtcdError) -> bool:
     """Whether ``error`` says the member cannot serve now (a read may try another one)."""
     return isinstance(error, EtcdUnavailable) or (

@@ -67,16 +67,18 @@ class EtcdMapping(OverTime, MutableMapping[str, Any]):
         sep: str = "/",
         codec: str | Codec = "str",
         page_size: int = PAGE_SIZE,
+        transport: str | None = None,
     ):
-        if client is not None and endpoints is not None:
-            raise TypeError("give client or endpoints, not both")
+        if client is not None and (endpoints is not None or transport is not None):
+            raise TypeError("give client, or endpoints and transport, not both")
         if client is not None and not isinstance(client, EtcdClient):
             raise TypeError(f"client must be an EtcdClient, not {type(client).__name__}")
         self._codec = get_codec(codec)
         self._page_size = check_count("page_size", page_size)
         base = prefix_bytes(prefix, sep)
         self._owns_client = client is None
-        self._client = client if client is not None else EtcdClient(endpoints)
+        self._client = client if client is not None else EtcdClient(endpoints,
+                                                                    transport=transport)
         self._sep = sep
         self._bsep = sep.encode()
         self._base = base

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import Relay
+from helpers import Relay, call_log_of, default_transport
 from hypothesis import HealthCheck, settings
 
 from etcdmap import CachedMapping, EtcdClient, EtcdMapping
@@ -44,17 +44,12 @@ def _no_temporary_directory_left_behind() -> Iterator[None]:
 
 
 def http_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The URL path of every HTTP request ``client`` sends from now on."""
-    adapter = client._transport.http.session.get_adapter("http://")
-    original = adapter.send
-    log: list[str] = []
+    """The gateway path of every request ``client`` sends from now on, on either transport.
 
-    def send(request: Any, *args: Any, **kwargs: Any) -> Any:
-        log.append(request.path_url)
-        return original(request, *args, **kwargs)
-
-    monkeypatch.setattr(adapter, "send", send)
-    return log
+    Over gRPC each call is logged under the path the gateway gives it
+    (``Range`` as ``/v3/kv/range``), so request counts read the same.
+    """
+    return call_log_of(client, monkeypatch, full=False)
 
 
 @pytest.fixture
@@ -84,3 +79,14 @@ def relay(etcd_endpoint: str) -> Iterator[Relay]:
     r = Relay(etcd_endpoint)
     yield r
     r.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Over gRPC (``ETCDMAP_TRANSPORT=grpc``), tests of the HTTP transport itself are
+    deselected (and counted as such), whatever ``-m`` says."""
+    if default_transport() != "grpc":
+        return
+    http_only = [item for item in items if item.get_closest_marker("http_only")]
+    if http_only:
+        config.hook.pytest_deselected(items=http_only)
+        items[:] = [item for item in items if not item.get_closest_marker("http_only")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sys
 import threading
@@ -14,6 +15,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from etcdmap import EtcdClient, Event, Watcher
+from etcdmap._settings import check_transport
+
+
+def default_transport() -> str:
+    """The transport of a client that does not choose one: ``ETCDMAP_TRANSPORT``, else http."""
+    return check_transport(None)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str = "true") -> float:
@@ -42,19 +49,134 @@ def collect(watcher: Watcher[Any], count: int, timeout: float = 5,
     return events
 
 
-def url_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The full URL of every HTTP(S) request ``client`` sends from now on (retries included)."""
+# The gateway's path of each gRPC method: logs read the same on both transports.
+GATEWAY_PATHS = {
+    "Range": "/v3/kv/range", "Put": "/v3/kv/put", "DeleteRange": "/v3/kv/deleterange",
+    "Txn": "/v3/kv/txn", "Compact": "/v3/kv/compaction", "Watch": "/v3/watch",
+    "LeaseGrant": "/v3/lease/grant", "LeaseRevoke": "/v3/lease/revoke",
+    "LeaseKeepAlive": "/v3/lease/keepalive", "LeaseTimeToLive": "/v3/lease/timetolive",
+    "MemberList": "/v3/cluster/member/list", "Status": "/v3/maintenance/status",
+    "Authenticate": "/v3/auth/authenticate",
+}
+
+
+def call_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch, *,
+                full: bool) -> list[str]:
+    """Every request ``client`` sends from now on (retries included), on either transport:
+    the URL path (``full``: the whole URL) of each HTTP request, or of each gRPC call as
+    the gateway would name it."""
     log: list[str] = []
-    session = client._transport.http.session
+    transport: Any = client._transport
+    if not hasattr(transport, "http"):  # gRPC: wrap each method as it is looked up
+        original_method = transport._method
+
+        class Logged:
+            """A gRPC method that logs each call (blocking or ``future``) first."""
+
+            def __init__(self, endpoint: str, name: str) -> None:
+                self.inner = original_method(endpoint, name)
+                self.entry = endpoint + GATEWAY_PATHS[name] if full else GATEWAY_PATHS[name]
+
+            def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                log.append(self.entry)
+                return self.inner(*args, **kwargs)
+
+            def future(self, *args: Any, **kwargs: Any) -> Any:
+                log.append(self.entry)
+                return self.inner.future(*args, **kwargs)
+
+        def method(endpoint: str, name: str) -> Any:
+            return Logged(endpoint, name)
+
+        monkeypatch.setattr(transport, "_method", method)
+        return log
+    session = transport.http.session
     for adapter in {id(a): a for a in map(session.get_adapter, ("http://", "https://"))}.values():
         original = adapter.send
 
         def send(request: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            log.append(request.url)
+            log.append(request.url if full else request.path_url)
             return _original(request, *args, **kwargs)
 
         monkeypatch.setattr(adapter, "send", send)
     return log
+
+
+class Recorder:
+    """What a client sent: each request's gateway path and token, each token it was handed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent: list[tuple[str, str | None]] = []
+        self.tokens: list[str] = []
+
+    def note(self, path: str, token: str | None) -> None:
+        with self.lock:
+            self.sent.append((path, token))
+
+    def issued(self, token: str) -> None:
+        with self.lock:
+            self.tokens.append(token)
+
+    def logins(self) -> int:
+        return sum(1 for path, _ in self.sent if path == AUTH_PATH)
+
+
+AUTH_PATH = "/v3/auth/authenticate"
+
+
+def record_calls(client: EtcdClient) -> Recorder:
+    """A :class:`Recorder` of every request ``client`` sends from now on, on either transport.
+
+    Over HTTP the token is the ``Authorization`` header; over gRPC the
+    ``token`` metadata of the call (a watch or keepalive stream carries it
+    once, when it opens).  The server answers every request; the recorder
+    only notes what went out and which tokens came back.
+    """
+    rec = Recorder()
+    transport: Any = client._transport
+    if not hasattr(transport, "http"):  # gRPC
+        original_method = transport._method
+
+        class Recorded:
+            """A gRPC method that notes each call (blocking or ``future``) and its token."""
+
+            def __init__(self, endpoint: str, name: str) -> None:
+                self.inner = original_method(endpoint, name)
+                self.path = GATEWAY_PATHS[name]
+
+            def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                rec.note(self.path, dict(kwargs.get("metadata") or ()).get("token"))
+                reply = self.inner(*args, **kwargs)
+                if self.path == AUTH_PATH:
+                    rec.issued(reply.token)
+                return reply
+
+            def future(self, *args: Any, **kwargs: Any) -> Any:
+                rec.note(self.path, dict(kwargs.get("metadata") or ()).get("token"))
+                return self.inner.future(*args, **kwargs)
+
+        # The client is the recorder's alone: no undo needed.
+        transport._method = Recorded
+        return rec
+    session = transport.http.session
+    for adapter in {id(a): a for a in map(session.get_adapter, ("http://", "https://"))}.values():
+
+        def send(request: Any, *args: Any, _original: Any = adapter.send, **kwargs: Any) -> Any:
+            path = urlsplit(request.url).path
+            rec.note(path, request.headers.get("Authorization"))
+            resp = _original(request, *args, **kwargs)
+            if path == AUTH_PATH and resp.status_code == 200 and not kwargs.get("stream"):
+                rec.issued(json.loads(resp.content)["token"])
+            return resp
+
+        adapter.send = send
+    return rec
+
+
+def url_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The full URL of every request ``client`` sends from now on (retries included)."""
+    return call_log_of(client, monkeypatch, full=True)
 
 
 def reads_in_txns(client: EtcdClient) -> bool:

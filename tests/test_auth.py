@@ -6,14 +6,14 @@ one with JWTs that expire 2 s after issue and carry the auth revision, so a
 role change makes them stale.  Users: root (root role), alice (read-write on
 ``app/``), bob (read-only on ``app/``).
 
-Requests are recorded by an ``HTTPAdapter`` subclass on the client's session:
-the server answers them all, the recorder only notes what went out.
+Requests are recorded with each one's token, on either transport
+(``helpers.record_calls``): the server answers them all, the recorder only
+notes what went out.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -21,13 +21,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers import Relay, wait_until
+from helpers import AUTH_PATH as AUTH
+from helpers import Recorder, Relay, record_calls, wait_until
 
 from etcdmap import (
     EtcdAuthError,
@@ -39,7 +39,6 @@ from etcdmap import (
 from etcdmap.ops import Compare, Put, Range
 from etcdmap.testing import EtcdServer
 
-AUTH = "/v3/auth/authenticate"
 TTL = 2  # seconds, for both kinds of token
 PASSWORDS = {"root": "root-Pw-1f9c", "alice": "alice-Pw-7d2e", "bob": "bob-Pw-c4a1"}
 
@@ -110,39 +109,10 @@ def jwt_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.endpoint
 
 
-class Recorder(requests.adapters.HTTPAdapter):
-    """Notes each request's path and token, and each token the server hands out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lock = threading.Lock()
-        self.sent: list[tuple[str, str | None]] = []
-        self.tokens: list[str] = []
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
-             ) -> requests.Response:
-        path = urlsplit(request.url).path
-        with self.lock:
-            self.sent.append((path, request.headers.get("Authorization")))
-        resp = super().send(request, *args, **kwargs)
-        if path == AUTH and resp.status_code == 200 and not kwargs.get("stream"):
-            with self.lock:
-                self.tokens.append(json.loads(resp.content)["token"])
-        return resp
-
-    def logins(self) -> int:
-        return sum(1 for path, _ in self.sent if path == AUTH)
-
-
 def recorded_client(endpoint: str, user: str, *, timeout: float = 5
                     ) -> tuple[EtcdClient, Recorder]:
-    session = requests.Session()
-    session.trust_env = False
-    recorder = Recorder()
-    session.mount("http://", recorder)
-    client = EtcdClient(endpoint, username=user, password=PASSWORDS[user], session=session,
-                        timeout=timeout)
-    return client, recorder
+    client = EtcdClient(endpoint, username=user, password=PASSWORDS[user], timeout=timeout)
+    return client, record_calls(client)
 
 
 def unique(name: str) -> str:
@@ -303,7 +273,7 @@ def test_a_watch_that_reconnects_with_an_expired_jwt_renews_it_and_resumes(
     try:
         with EtcdClient(relay.endpoint, username="alice", password=PASSWORDS["alice"],
                         timeout=5) as client, client.watch_iter(key) as watcher:
-            stale = client._transport.http._token
+            stale = client._transport.policy.token
             assert stale
             wait_until(lambda: post(jwt_auth, "/v3/kv/range", {"key": b64(key)},
                                     stale).status_code == 401, 10, "the JWT expired")
@@ -312,7 +282,7 @@ def test_a_watch_that_reconnects_with_an_expired_jwt_renews_it_and_resumes(
                        token_of(jwt_auth, "alice"))
             assert put.status_code == 200, put.text
             event = watcher.next_event(timeout=10)
-            assert client._transport.http._token != stale
+            assert client._transport.policy.token != stale
     finally:
         relay.close()
     assert event is not None and (event.key, event.value) == (key, "after")

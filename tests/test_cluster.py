@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-from helpers import url_log_of, wait_until
+from helpers import default_transport, url_log_of, wait_until
 
 from etcdmap import (
     EtcdClient,
@@ -285,12 +285,19 @@ class AnswerDropper:
     """A TCP proxy to one member.  While ``armed``, requests still reach the member,
     but its answers are thrown away and the client's connection is reset: a write
     that was applied, and a client that cannot know it.
+
+    Over HTTP/1.1 (the gateway) whatever the member sends is an answer.  Over
+    HTTP/2 (gRPC) the member also sends frames of the connection itself
+    (SETTINGS, PING, WINDOW_UPDATE), some as soon as a request arrives, before
+    it is applied: only the first HEADERS or DATA frame of a stream is the answer.
     """
 
-    def __init__(self, upstream: str, *, partial: bool = False) -> None:
+    def __init__(self, upstream: str, *, partial: bool = False,
+                 http2: bool = False) -> None:
         host, port = upstream.removeprefix("http://").rsplit(":", 1)
         self.upstream = (host, int(port))
         self.partial = partial  # pass the headers and a few bytes of the body, then reset
+        self.http2 = http2
         self.armed = threading.Event()
         self.dropped = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -317,28 +324,62 @@ class AnswerDropper:
                              daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        pending = b""  # HTTP/2: the start of a frame not yet complete
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                if answers and self.armed.is_set():
-                    self.dropped += 1
-                    if self.partial and b"\r\n\r\n" in data:
-                        sink.sendall(data[:data.index(b"\r\n\r\n") + 4 + 5])
-                        time.sleep(0.05)  # the client has read the status line: 200
-                    # Reset, not close: the client sees the connection die mid-answer.
-                    sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-                    # Wake the other pump (blocked reading the client) so the socket is
-                    # really released, and the reset sent, now.
-                    sink.shutdown(socket.SHUT_RD)
-                    break
-                sink.sendall(data)
+                if not answers:
+                    sink.sendall(data)
+                elif not self.http2:
+                    if self.armed.is_set():
+                        self._drop(sink, data[:data.index(b"\r\n\r\n") + 4 + 5]
+                                   if self.partial and b"\r\n\r\n" in data else b"")
+                        break
+                    sink.sendall(data)
+                else:
+                    pending += data
+                    passed, answer, pending = self._frames(pending)
+                    if answer is not None:
+                        self._drop(sink, passed + answer)
+                        break
+                    sink.sendall(passed)
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def _frames(self, data: bytes) -> tuple[bytes, bytes | None, bytes]:
+        """Split HTTP/2 bytes into (frames to pass, the part of an answer to pass or
+        None while no answer came, the incomplete rest)."""
+        at = 0
+        while len(data) - at >= 9:
+            length = int.from_bytes(data[at:at + 3], "big")
+            kind, stream = data[at + 3], int.from_bytes(data[at + 5:at + 9], "big") & 0x7FFFFFFF
+            end = at + 9 + length
+            if kind in (0, 1) and stream and self.armed.is_set():  # DATA or HEADERS: an answer
+                if not self.partial:
+                    return data[:at], b"", b""
+                if kind == 0:  # the headers went through; now a few bytes of the body
+                    return data[:at], data[at:at + 9 + 5], b""
+            if end > len(data):
+                break
+            at = end
+        return data[:at], None, data[at:]
+
+    def _drop(self, sink: socket.socket, passed: bytes) -> None:
+        self.dropped += 1
+        if passed:
+            sink.sendall(passed)
+            time.sleep(0.05)  # the client has read the status line: 200
+        # Reset, not close: the client sees the connection die mid-answer.
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        # Wake the other pump (blocked reading the client) so the socket is
+        # really released, and the reset sent, now.
+        sink.shutdown(socket.SHUT_RD)
+
 
 @pytest.fixture(params=[False, True], ids=["no answer", "half an answer"])
 def dropper(cluster: EtcdCluster, request: pytest.FixtureRequest) -> Iterator[AnswerDropper]:
-    proxy = AnswerDropper(cluster.endpoints[0], partial=request.param)
+    proxy = AnswerDropper(cluster.endpoints[0], partial=request.param,
+                          http2=default_transport() == "grpc")
     yield proxy
     proxy.close()
 

@@ -48,6 +48,7 @@ PREFIXES = {
     "ttl.rst": "sessions",
     "watch.rst": "watched",
     "clusters.rst": "clustered",
+    "transports.rst": "transports",
     "tls.rst": "secured",
     "cli.rst": "cli-guide",
     "testing.rst": "testing-guide",

@@ -7,6 +7,9 @@ easily be made to send them here: malformed bodies, network failures, errors
 that need a cluster without quorum, auth or a full disk (real ones in
 test_cluster.py and test_auth.py), and etcd 3.6's error body shape, as no etcd
 3.6 runs here.  Every body follows the shapes in the gateway brief.
+
+The mocked tests are of the gateway transport itself (``http_only``: they
+mock ``requests``); the tests against the real etcd run on every transport.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def client() -> Iterator[EtcdClient]:
     ids=["garbage", "truncated", "array", "string", "bad-int", "bad-base64", "kvs-not-list",
          "header-not-object"],
 )
+@pytest.mark.http_only
 def test_a_malformed_200_body_raises_protocol_error(mock, client, body) -> None:
     mock.post(f"{A}/v3/kv/range", body=body, status=200, content_type="application/json")
     raises_exactly(EtcdProtocolError, lambda: client.range("k"))
@@ -112,11 +116,13 @@ def test_a_malformed_200_body_raises_protocol_error(mock, client, body) -> None:
     ],
     ids=["members", "status", "keepalive", "grant"],
 )
+@pytest.mark.http_only
 def test_malformed_nested_fields_raise_protocol_error(mock, client, path, body, call) -> None:
     mock.post(A + path, json=body)
     raises_exactly(EtcdProtocolError, lambda: call(client))
 
 
+@pytest.mark.http_only
 def test_garbage_from_the_version_endpoint_raises_protocol_error(mock, client) -> None:
     mock.get(f"{A}/version", body="<html>", content_type="text/html")
     raises_exactly(EtcdProtocolError, client.version)
@@ -161,6 +167,7 @@ def _grant_an_existing_lease(client: EtcdClient, prefix: str) -> None:
 
 # The rows of ERRORS a real etcd 3.5 sends on demand, and how to make it.
 REAL: dict[str, Callable[[EtcdClient, str], object]] = {
+    "etcdserver: key is not provided": lambda c, p: c.put("", "v"),
     "etcdserver: too many operations in txn request":
         lambda c, p: c.txn(success=[Range(f"{p}/{i}".encode()) for i in range(129)]),
     "etcdserver: request is too large": lambda c, p: c.put(f"{p}/k", "x" * 1_600_000),
@@ -200,6 +207,7 @@ def test_errors_a_real_etcd_sends_map_to_typed_errors(etcd_endpoint, etcd_prefix
 
 
 @pytest.mark.parametrize(("status", "code", "message", "cls"), MOCKED_ONLY, ids=_ids(MOCKED_ONLY))
+@pytest.mark.http_only
 def test_mocked_etcd35_error_bodies_map_to_typed_errors(mock, client, status, code, message,
                                                         cls) -> None:
     mock.post(f"{A}/v3/kv/range", json=body_v35(code, message), status=status)
@@ -208,6 +216,7 @@ def test_mocked_etcd35_error_bodies_map_to_typed_errors(mock, client, status, co
 
 
 @pytest.mark.parametrize(("status", "code", "message", "cls"), ERRORS, ids=_ids(ERRORS))
+@pytest.mark.http_only
 def test_mocked_etcd36_error_bodies_map_to_typed_errors(mock, client, status, code, message,
                                                         cls) -> None:
     mock.post(f"{A}/v3/kv/range", json=body_v36(code, message), status=status)
@@ -215,6 +224,7 @@ def test_mocked_etcd36_error_bodies_map_to_typed_errors(mock, client, status, co
     assert (err.code, err.status, err.message) == (code, status, message)
 
 
+@pytest.mark.http_only
 def test_an_invalid_argument_is_also_a_value_error(mock, client) -> None:
     mock.post(f"{A}/v3/kv/range", json=body_v35(3, "etcdserver: key is not provided"),
               status=400)
@@ -222,12 +232,14 @@ def test_an_invalid_argument_is_also_a_value_error(mock, client) -> None:
         client.range("k")
 
 
+@pytest.mark.http_only
 def test_permission_denied_is_also_a_permission_error(mock, client) -> None:
     mock.post(f"{A}/v3/kv/put", json=body_v36(7, "etcdserver: permission denied"), status=403)
     with pytest.raises(PermissionError):
         client.put("k", "v")
 
 
+@pytest.mark.http_only
 def test_too_many_txn_ops_in_etcd36s_body_shape_raises_request_too_large(mock, client) -> None:
     # The same against a real etcd 3.5: test_errors_a_real_etcd_sends_map_to_typed_errors.
     mock.post(f"{A}/v3/kv/txn", status=400,
@@ -236,6 +248,7 @@ def test_too_many_txn_ops_in_etcd36s_body_shape_raises_request_too_large(mock, c
     raises_exactly(EtcdRequestTooLarge, lambda: client.txn(success=ops))
 
 
+@pytest.mark.http_only
 def test_revoking_an_unknown_lease_in_etcd36s_body_shape_raises_lease_not_found(mock,
                                                                               client) -> None:
     # The same against a real etcd 3.5: test_errors_a_real_etcd_sends_map_to_typed_errors.
@@ -246,6 +259,7 @@ def test_revoking_an_unknown_lease_in_etcd36s_body_shape_raises_lease_not_found(
 
 @pytest.mark.parametrize(("status", "text"), [(500, "Internal Server Error"),
                                               (502, "Bad Gateway")])
+@pytest.mark.http_only
 def test_a_plain_text_5xx_raises_a_server_error_with_its_status(mock, client, status,
                                                                 text) -> None:
     mock.post(f"{A}/v3/kv/range", body=text + "\n", status=status, content_type="text/plain")
@@ -255,6 +269,7 @@ def test_a_plain_text_5xx_raises_a_server_error_with_its_status(mock, client, st
     assert text in info.value.message
 
 
+@pytest.mark.http_only
 def test_a_plain_text_404_from_an_unknown_path_is_not_lease_not_found(mock, client) -> None:
     # What the gateway answers on a path it does not serve (e.g. a wrong API prefix).
     mock.post(f"{A}/v3/kv/range", body="404 page not found\n", status=404,
@@ -266,6 +281,7 @@ def test_a_plain_text_404_from_an_unknown_path_is_not_lease_not_found(mock, clie
 # -- network failures --------------------------------------------------------------
 
 
+@pytest.mark.http_only
 def test_a_connection_error_raises_etcd_connection_error(mock, client) -> None:
     mock.post(f"{A}/v3/kv/range", body=requests.ConnectionError("connection reset by peer"))
     err = raises_exactly(EtcdConnectionError, lambda: client.range("k"))
@@ -276,12 +292,14 @@ def test_a_connection_error_raises_etcd_connection_error(mock, client) -> None:
     assert err.__cause__.__cause__ is None and err.__cause__.__suppress_context__
 
 
+@pytest.mark.http_only
 def test_a_read_timeout_on_a_read_raises_etcd_timeout(mock, client) -> None:
     mock.post(f"{A}/v3/kv/range", body=requests.ReadTimeout("read timed out"))
     err = raises_exactly(EtcdTimeout, lambda: client.range("k"))
     assert isinstance(err, TimeoutError)
 
 
+@pytest.mark.http_only
 def test_a_read_timeout_on_a_write_raises_indeterminate_write_without_retry(mock) -> None:
     mock.post(f"{A}/v3/kv/put", body=requests.ReadTimeout("read timed out"))
     mock.post(f"{B}/v3/kv/put", json={"header": HEADER})
@@ -290,6 +308,7 @@ def test_a_read_timeout_on_a_write_raises_indeterminate_write_without_retry(mock
     assert len(mock.calls) == 1
 
 
+@pytest.mark.http_only
 def test_a_refused_connection_on_a_write_fails_over(mock) -> None:
     # The request never left: retrying the write elsewhere is safe.
     refused = NewConnectionError(None, "Failed to establish a new connection: refused")
@@ -301,6 +320,7 @@ def test_a_refused_connection_on_a_write_fails_over(mock) -> None:
     assert [c.request.url for c in mock.calls] == [f"{A}/v3/kv/put", f"{B}/v3/kv/put"]
 
 
+@pytest.mark.http_only
 def test_no_leader_on_a_write_is_retried_on_the_next_endpoint(mock) -> None:
     mock.post(f"{A}/v3/kv/put", status=503, json=body_v35(14, "etcdserver: no leader"))
     mock.post(f"{B}/v3/kv/put", json={"header": HEADER})
@@ -317,6 +337,7 @@ def test_no_leader_on_a_write_is_retried_on_the_next_endpoint(mock) -> None:
      (500, body_v35(2, "context deadline exceeded"))],
     ids=["timed-out", "timed-out-leader-failure", "deadline-exceeded"],
 )
+@pytest.mark.http_only
 def test_an_ambiguous_write_failure_is_not_retried(mock, status, body) -> None:
     mock.post(f"{A}/v3/kv/put", status=status, json=body)
     mock.post(f"{B}/v3/kv/put", json={"header": HEADER})
@@ -326,6 +347,7 @@ def test_an_ambiguous_write_failure_is_not_retried(mock, status, body) -> None:
     assert len(mock.calls) == 1
 
 
+@pytest.mark.http_only
 def test_an_unavailable_read_is_retried_on_the_next_endpoint(mock) -> None:
     mock.post(f"{A}/v3/kv/range", status=503, json=body_v35(14, "etcdserver: leader changed"))
     mock.post(f"{B}/v3/kv/range", json={"header": HEADER, "count": "0"})
@@ -342,6 +364,7 @@ def test_an_unavailable_read_is_retried_on_the_next_endpoint(mock) -> None:
     [("/v3/kv/range", lambda c: c.range("k")), ("/v3/kv/put", lambda c: c.put("k", "v"))],
     ids=["read", "write"],
 )
+@pytest.mark.http_only
 def test_a_401_reauthenticates_once_and_retries(mock, path, call) -> None:
     auth = f"{A}/v3/auth/authenticate"
     mock.post(auth, json={"header": HEADER, "token": "token-1"})
@@ -354,6 +377,7 @@ def test_a_401_reauthenticates_once_and_retries(mock, path, call) -> None:
     assert sent == [(auth, None), (A + path, "token-1"), (auth, None), (A + path, "token-2")]
 
 
+@pytest.mark.http_only
 def test_a_persistent_401_raises_auth_error_after_one_reauthentication(mock) -> None:
     auth = f"{A}/v3/auth/authenticate"
     mock.post(auth, json={"header": HEADER, "token": "token"})
@@ -364,6 +388,7 @@ def test_a_persistent_401_raises_auth_error_after_one_reauthentication(mock) -> 
     assert [c.request.url for c in mock.calls] == [auth, f"{A}/v3/kv/range"] * 2
 
 
+@pytest.mark.http_only
 def test_a_wrong_password_raises_auth_error(mock) -> None:
     mock.post(f"{A}/v3/auth/authenticate", status=400, json=body_v35(
         3, "etcdserver: authentication failed, invalid user ID or password"))

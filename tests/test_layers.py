@@ -25,8 +25,17 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("transport: the network (the only code that imports requests)", [
         "etcdmap._transport.guard", "etcdmap._transport.failures",
         "etcdmap._transport.stream", "etcdmap._transport.connections",
-        "etcdmap._transport.endpoints", "etcdmap._transport.http", "etcdmap._transport.base",
-        "etcdmap._transport.gateway", "etcdmap._transport",
+        "etcdmap._transport.endpoints", "etcdmap._transport.policy",
+        "etcdmap._transport.http", "etcdmap._transport.base",
+        "etcdmap._transport.gateway",
+        # the optional gRPC transport: only _transport.select imports it, on demand
+        "etcdmap._transport.grpc._descriptor", "etcdmap._transport.grpc._regen",
+        "etcdmap._transport.grpc.messages", "etcdmap._transport.grpc.convert",
+        "etcdmap._transport.grpc.failures", "etcdmap._transport.grpc.channels",
+        "etcdmap._transport.grpc.streams", "etcdmap._transport.grpc.watch",
+        "etcdmap._transport.grpc.keepalive", "etcdmap._transport.grpc.transport",
+        "etcdmap._transport.grpc",
+        "etcdmap._transport.select", "etcdmap._transport",
     ]),
     ("client: etcd's calls, watches and leases over the transport", [
         "etcdmap._watch_reader", "etcdmap.watch", "etcdmap.lease", "etcdmap.compat",
@@ -81,7 +90,8 @@ def runtime_imports(path: Path) -> set[str]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            found.add(target)
+            if node.module:  # "from . import x" imports x, not its package's other modules
+                found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)
         for child in ast.iter_child_nodes(node):
             visit(child)
@@ -138,6 +148,14 @@ def test_only_the_transport_and_the_launcher_import_requests(name: str) -> None:
     imported = {m.split(".")[0] for m in runtime_imports(MODULES[name])}
     if name not in REQUESTS_ALLOWED:
         assert not imported & {"requests", "urllib3"}, f"{name} imports requests"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_only_the_grpc_transport_imports_grpc(name: str) -> None:
+    imported = runtime_imports(MODULES[name])
+    if not name.startswith("etcdmap._transport.grpc"):
+        assert not {m for m in imported if m.split(".")[0] in {"grpc", "google"}
+                    or m.startswith("etcdmap._transport.grpc")}, f"{name} imports grpc"
 
 
 def test_the_mapping_knows_nothing_of_http_or_json() -> None:

@@ -3,7 +3,8 @@
 Three servers, one each for the module: TLS with ``--client-cert-auth``; TLS
 alone (any client that trusts the CA may connect); and TLS with
 ``--client-cert-auth`` and etcd auth enabled, where the gateway refuses client
-certificates that carry a CommonName (gateway brief §12).
+certificates that carry a CommonName (gateway brief §12) and gRPC takes the
+user from the token.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from etcdmap import (
     EtcdConnectionError,
     EtcdIndeterminateWrite,
     EtcdMapping,
+    EtcdPermissionError,
     EtcdServerError,
     EtcdTLSError,
 )
@@ -178,6 +180,7 @@ def test_ssl_cert_with_ssl_key(mtls: str, certs: Certs) -> None:
 
 
 @INSECURE
+@pytest.mark.http_only  # verify=False is an HTTP setting: gRPC refuses it (test_grpc_transport.py)
 def test_verify_false_skips_checking_the_server(mtls: str, certs: Certs) -> None:
     key = unique("noverify")
     with EtcdClient(mtls, verify=False, cert=certs.client_cert, key=certs.client_key,
@@ -286,9 +289,12 @@ def test_a_key_that_does_not_match_the_certificate(mtls: str, certs: Certs) -> N
 
 
 def test_a_missing_certificate_file(mtls: str, certs: Certs, tmp_path: Path) -> None:
-    with EtcdClient(mtls, ca_cert=certs.ca, cert=str(tmp_path / "nope.pem"),
-                    key=certs.client_key, timeout=2, retry_deadline=20) as client:
-        error = raises_connection_error(lambda: client.range("tls/absent"), within=5)
+    def read() -> None:  # the gateway reads the file with the first call, gRPC at once
+        with EtcdClient(mtls, ca_cert=certs.ca, cert=str(tmp_path / "nope.pem"),
+                        key=certs.client_key, timeout=2, retry_deadline=20) as client:
+            client.range("tls/absent")
+
+    error = raises_connection_error(read, within=5)
     assert "nope.pem" in str(error)
 
 
@@ -328,6 +334,7 @@ def test_auth_over_tls_with_a_certificate_without_common_name(
         assert client.get(key).value == "v"
 
 
+@pytest.mark.http_only  # the gateway's own rule; over gRPC see the next test
 def test_a_certificate_with_a_common_name_is_refused_by_the_gateway_when_auth_is_on(
         mtls_auth: str, certs: Certs) -> None:
     with EtcdClient(mtls_auth, ca_cert=certs.ca, cert=certs.cn_cert, key=certs.cn_key,
@@ -336,3 +343,16 @@ def test_a_certificate_with_a_common_name_is_refused_by_the_gateway_when_auth_is
         client.range("app/x")
     assert info.value.status == 400 and "CommonName" in str(info.value)
     assert "alicepw" not in str(info.value)
+
+
+def test_over_grpc_a_certificate_with_a_common_name_does_not_make_the_client_its_user(
+        mtls_auth: str, certs: Certs) -> None:
+    """etcd's gRPC API takes the user from the token when there is one: alice, not root."""
+    key = f"app/{unique('cn')}"
+    with EtcdClient(mtls_auth, ca_cert=certs.ca, cert=certs.cn_cert, key=certs.cn_key,
+                    username="alice", password="alicepw", timeout=5,
+                    transport="grpc") as client:
+        client.put(key, "v")
+        assert client.get(key).value == "v"
+        with pytest.raises(EtcdPermissionError):
+            client.range("other/x")  # root could; alice may not

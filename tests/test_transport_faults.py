@@ -1,8 +1,9 @@
 """The transport when the other end is not a healthy etcd: nothing there, not etcd, too slow.
 
 Real sockets throughout: a port nothing listens on, a tiny HTTP server that
-is not etcd, and a server that trickles its reply.  ``responses`` only for
-reply bodies a real etcd never sends (a short txn reply, absurd nesting).
+is not etcd, a server that trickles its reply, and a relay that goes silent.
+``responses`` only for reply bodies a real etcd never sends (a short txn
+reply, absurd nesting): those, and the gateway's own texts, are ``http_only``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from collections.abc import Iterator
 
 import pytest
 import responses
+from helpers import Relay, call_log_of, default_transport
 
 from etcdmap import (
     EtcdClient,
     EtcdConnectionError,
+    EtcdIndeterminateWrite,
     EtcdProtocolError,
     EtcdServerError,
     EtcdTimeout,
@@ -46,7 +49,8 @@ NO_ETCD = textwrap.dedent("""
 def test_with_nothing_listening_the_first_call_fails_soon_with_a_short_clear_error() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.run([sys.executable, "-c", NO_ETCD], capture_output=True, text=True,
-                          timeout=60, env={"ETCDCTL_ENDPOINTS": endpoint, "PATH": ""})
+                          timeout=60, env={"ETCDCTL_ENDPOINTS": endpoint, "PATH": "",
+                                           "ETCDMAP_TRANSPORT": default_transport()})
     assert proc.returncode == 1
     took = float(proc.stdout.split()[-1])
     # etcdctl's dial timeout (2 s), not the 5 s request timeout: the old client took 5.2 s.
@@ -58,7 +62,8 @@ def test_with_nothing_listening_the_first_call_fails_soon_with_a_short_clear_err
     assert "urllib3" not in proc.stderr and "requests" not in proc.stderr
     # Our own frames and the one-line cause; the old chain of urllib3 internals was ~60 lines.
     assert len(lines) < 40, proc.stderr
-    assert "ConnectionRefusedError: [Errno 111] Connection refused" in proc.stderr
+    assert ("ConnectionRefusedError: [Errno 111] Connection refused"
+            if default_transport() == "http" else "Connection refused") in proc.stderr
 
 
 def test_an_explicit_retry_deadline_rides_out_a_late_start() -> None:
@@ -136,6 +141,21 @@ def html_200() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("fixture", ["web_server", "empty_404", "html_200"])
+def test_a_server_that_is_not_etcd_is_a_protocol_error_at_once(
+        fixture: str, request: pytest.FixtureRequest) -> None:
+    endpoint: str = request.getfixturevalue(fixture)
+    with EtcdClient(endpoint, timeout=2, retry_deadline=10) as client:
+        started = time.monotonic()
+        with pytest.raises(EtcdProtocolError) as info:
+            client.range("k")
+        took = time.monotonic() - started
+    message = str(info.value)
+    assert endpoint in message and "<html>" not in message and "\n" not in message
+    assert took < 2.0, took  # an answer, however wrong, is not retried until the deadline
+
+
+@pytest.mark.http_only  # the gateway's wording: HTTP status and content type
+@pytest.mark.parametrize("fixture", ["web_server", "empty_404", "html_200"])
 def test_a_server_that_is_not_etcd_is_named_in_one_line(
         fixture: str, request: pytest.FixtureRequest) -> None:
     endpoint: str = request.getfixturevalue(fixture)
@@ -150,6 +170,7 @@ def test_a_server_that_is_not_etcd_is_named_in_one_line(
     assert "<html>" not in message and "\n" not in message
 
 
+@pytest.mark.http_only  # a gateway path of its own
 def test_a_plain_text_error_names_its_endpoint(etcd_endpoint: str) -> None:
     # A real etcd on a path it does not serve answers a line of plain text.
     with EtcdClient(etcd_endpoint) as client, pytest.raises(EtcdServerError) as info:
@@ -158,6 +179,7 @@ def test_a_plain_text_error_names_its_endpoint(etcd_endpoint: str) -> None:
     assert str(info.value) == f"Not Found (HTTP 404 from {etcd_endpoint})"
 
 
+@pytest.mark.http_only
 @responses.activate
 def test_a_txn_reply_with_too_few_answers_is_a_protocol_error() -> None:
     endpoint = "http://etcd.invalid:2379"
@@ -169,6 +191,7 @@ def test_a_txn_reply_with_too_few_answers_is_a_protocol_error() -> None:
         client.txn(success=[Range(b"a"), Range(b"b")])
 
 
+@pytest.mark.http_only
 @responses.activate
 def test_a_txn_reply_with_answers_of_the_wrong_kind_is_a_protocol_error() -> None:
     endpoint = "http://etcd.invalid:2379"
@@ -179,6 +202,7 @@ def test_a_txn_reply_with_answers_of_the_wrong_kind_is_a_protocol_error() -> Non
         client.txn(success=[Range(b"a"), Range(b"b")])
 
 
+@pytest.mark.http_only
 @responses.activate
 def test_absurdly_nested_json_is_a_protocol_error() -> None:
     endpoint = "http://etcd.invalid:2379"
@@ -188,6 +212,7 @@ def test_absurdly_nested_json_is_a_protocol_error() -> None:
         client.range("k")
 
 
+@pytest.mark.http_only
 @responses.activate
 def test_absurdly_nested_txn_replies_are_a_protocol_error() -> None:
     endpoint = "http://etcd.invalid:2379"
@@ -262,9 +287,8 @@ def test_a_call_ends_within_its_deadline_however_slowly_the_reply_trickles(
     assert took < 4.0, took
 
 
+@pytest.mark.http_only  # over gRPC a trickle is no HTTP/2 connection, so nothing was sent
 def test_a_write_cut_off_by_its_deadline_is_indeterminate(trickler: Trickler) -> None:
-    from etcdmap import EtcdIndeterminateWrite
-
     with EtcdClient(trickler.endpoint, timeout=1, retry_deadline=5) as client:
         started = time.monotonic()
         with pytest.raises(EtcdIndeterminateWrite):
@@ -278,3 +302,31 @@ def test_a_watch_set_up_ends_within_its_deadline(trickler: Trickler) -> None:
         with pytest.raises(EtcdConnectionError):
             client.watch_iter("k")  # "from now" waits for the watch to be established
         assert time.monotonic() - started < 4.0
+
+
+# -- a member that goes silent ---------------------------------------------------------------
+
+
+def test_a_write_whose_answer_never_comes_is_indeterminate_at_its_deadline(
+        relay: Relay, etcd_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with EtcdClient([relay.endpoint, etcd_endpoint], timeout=1, retry_deadline=5) as client:
+        client.range("k")  # connected through the relay
+        sent = call_log_of(client, monkeypatch, full=True)
+        relay.freeze()  # the request goes out; no answer comes back
+        started = time.monotonic()
+        with pytest.raises(EtcdIndeterminateWrite):
+            client.put("k", "v")
+        took = time.monotonic() - started
+    assert 0.9 < took < 3.0, took  # the timeout
+    assert sent == [relay.endpoint + "/v3/kv/put"]  # never retried elsewhere: it may have applied
+
+
+def test_a_read_whose_answer_never_comes_times_out_at_its_deadline(relay: Relay) -> None:
+    with EtcdClient(relay.endpoint, timeout=1, retry_deadline=1) as client:
+        client.range("k")
+        relay.freeze()
+        started = time.monotonic()
+        with pytest.raises(EtcdTimeout):
+            client.range("k")
+        took = time.monotonic() - started
+    assert 0.9 < took < 4.0, took

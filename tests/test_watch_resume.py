@@ -4,7 +4,8 @@ Against real etcds: the module's own server (killed, restarted and paused; the
 session server is shared and never harmed) and, for network failures, a TCP
 relay in front of the session server whose connections can be frozen (a silent
 partition) or cut.  Stream shapes a real server cannot easily be made to send
-(an error frame, a stream cut inside a message) come from ``responses``.
+(an error frame, a stream cut inside a message) come from ``responses``: those
+tests are of the gateway's JSON stream (``http_only``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from helpers import Relay, once_watching, url_log_of, wait_until
+from helpers import Relay, call_log_of, default_transport, once_watching, url_log_of, wait_until
 from helpers import collect as collect_events
 
 from etcdmap import EtcdClient, EtcdCompacted, EtcdPermissionError, EtcdTimeout, Event
@@ -64,10 +65,15 @@ def collect(watcher: Watcher[Any], count: int, timeout: float = 10) -> list[Even
 
 
 def sending(thread: threading.Thread) -> bool:
-    """Whether ``thread`` is inside the transport's send (waiting for an answer)."""
+    """Whether ``thread`` sent its watch and waits for the answer, on either transport
+    (inside the gateway's send, or waiting for etcd to confirm a gRPC watch)."""
+    waits = {HTTPTransport._send.__code__}
+    if default_transport() == "grpc":
+        from etcdmap._transport.grpc.watch import GrpcWatch
+        waits.add(GrpcWatch.wait_created.__code__)
     frame = sys._current_frames().get(thread.ident or -1)
     while frame is not None:
-        if frame.f_code is HTTPTransport._send.__code__:
+        if frame.f_code in waits:
             return True
         frame = frame.f_back
     return False
@@ -105,29 +111,21 @@ def test_a_graceful_restart_mid_watch_loses_and_repeats_nothing(
 
 
 def test_a_watch_on_a_frozen_server_keeps_reconnecting_and_resumes_once_it_thaws(
-        server: EtcdServer, own_client: EtcdClient, prefix: str) -> None:
-    opened: list[float] = []
-    adapter = own_client._transport.http.session.get_adapter("http://")
-    send = adapter.send
-
-    def spy(request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        if request.path_url == "/v3/watch":
-            opened.append(time.monotonic())
-        return send(request, *args, **kwargs)
-
-    adapter.send = spy  # type: ignore[method-assign]
+        server: EtcdServer, own_client: EtcdClient, prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = call_log_of(own_client, monkeypatch, full=False)
     with own_client.watch_iter(prefix, prefix=True, read_timeout=1) as watcher:
         before = own_client.put(prefix + "a", "1").revision
         assert collect(watcher, 1)[0].revision == before
         server.pause()
-        paused = time.monotonic()
-        time.sleep(2.5)
+        paused = len(log)
+        time.sleep(2.5)  # the freeze lasts longer than the read timeout
         server.resume()
-        resumed = time.monotonic()
+        resumed = len(log)
         after = [own_client.put(prefix + k, "2").revision for k in "bc"]
         assert [e.revision for e in collect(watcher, 2)] == after
     # Each read timeout during the freeze was followed by a new attempt.
-    assert len([t for t in opened if paused < t < resumed]) >= 1
+    assert log[paused:resumed].count("/v3/watch") >= 1, log[paused:resumed]
 
 
 def test_progress_notifications_advance_the_resume_point(
@@ -379,6 +377,7 @@ def gateway_client() -> Iterator[EtcdClient]:
         yield client
 
 
+@pytest.mark.http_only
 def test_an_unavailable_error_frame_reconnects_from_the_last_revision(
         mock: responses.RequestsMock, gateway_client: EtcdClient) -> None:
     unavailable = {"error": {"grpc_code": 14, "http_code": 503, "http_status":
@@ -395,6 +394,7 @@ def test_an_unavailable_error_frame_reconnects_from_the_last_revision(
     assert set(gateway.start_revisions()[2:]) <= {9}
 
 
+@pytest.mark.http_only
 def test_a_stream_cut_inside_a_message_resumes_at_that_message(
         mock: responses.RequestsMock, gateway_client: EtcdClient) -> None:
     cut = lines(created(5), put_event("k/a", "1", 6), put_event("k/b", "2", 7))
@@ -407,6 +407,7 @@ def test_a_stream_cut_inside_a_message_resumes_at_that_message(
     assert gateway.start_revisions()[:2] == [None, 7]
 
 
+@pytest.mark.http_only
 def test_a_permission_denied_error_frame_raises_etcd_permission_error(
         mock: responses.RequestsMock, gateway_client: EtcdClient) -> None:
     denied = {"error": {"grpc_code": 7, "http_code": 403, "http_status": "Forbidden",

@@ -27,6 +27,7 @@ from ..records import (
     TxnResponse,
     WatchReply,
 )
+from .policy import Policy
 
 __all__ = ["Cuttable", "Transport", "WatchStream"]
 
@@ -64,6 +65,10 @@ class Transport(Protocol):
     on_endpoint_failure: Callable[[], None] | None
 
     @property
+    def policy(self) -> Policy:
+        """Endpoints, deadlines, retries and the token: the rules every transport follows."""
+
+    @property
     def endpoints(self) -> list[str]:
         """The endpoints, in the order they were given."""
 
@@ -99,6 +104,9 @@ class Transport(Protocol):
     def range(self, req: Range, *, endpoint: str | None = None, timeout: float | None = None,
               deadline: float | None = None) -> RangeResponse:
         """Read a key or a range."""
+
+    def ranges(self, reqs: Sequence[Range]) -> list[RangeResponse]:
+        """Read several ranges (as :meth:`range` each); some may be in flight at once."""
 
     def put(self, req: Put) -> PutResponse:
         """Write one key."""

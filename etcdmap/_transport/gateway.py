@@ -42,6 +42,7 @@ from ..records import (
 )
 from .base import Cuttable
 from .http import HTTPTransport
+from .policy import FollowsPolicy, Policy
 from .stream import Stream
 
 __all__ = ["GatewayTransport", "GatewayWatch"]
@@ -53,65 +54,17 @@ def _ignore(body: Mapping[str, Any]) -> None:
     """For replies that carry nothing but a header."""
 
 
-class GatewayTransport:
+class GatewayTransport(FollowsPolicy):
     """The v3 API over the JSON gateway (``requests``); see :mod:`.base` for the contract."""
 
     def __init__(self, http: HTTPTransport):
         self.http = http
+        self.policy: Policy = http.policy  # endpoints, deadlines, retries and the token
 
     def __repr__(self) -> str:
         return f"<GatewayTransport {self.endpoints!r}>"
 
-    # -- endpoints, auth, lifecycle: the HTTP layer's ------------------------------
-
-    @property
-    def timeout(self) -> float:
-        """Seconds each attempt waits for an answer."""
-        return self.http.timeout
-
-    @timeout.setter
-    def timeout(self, value: float) -> None:
-        self.http.timeout = value
-
-    @property
-    def on_endpoint_failure(self) -> Callable[[], None] | None:
-        """Called when an endpoint fails (``auto_sync`` relearns the members)."""
-        return self.http.on_endpoint_failure
-
-    @on_endpoint_failure.setter
-    def on_endpoint_failure(self, callback: Callable[[], None] | None) -> None:
-        self.http.on_endpoint_failure = callback
-
-    @property
-    def endpoints(self) -> list[str]:
-        """The endpoints, in the order they were given."""
-        return self.http.endpoints
-
-    @property
-    def endpoint(self) -> str:
-        """The endpoint calls go to now."""
-        return self.http.endpoint
-
-    @property
-    def has_credentials(self) -> bool:
-        """Whether calls carry a user's token."""
-        return self.http.has_credentials
-
-    def endpoints_in_order(self) -> list[str]:
-        """Every endpoint, the current one first."""
-        return self.http.endpoints_in_order()
-
-    def set_endpoints(self, endpoints: Sequence[str]) -> None:
-        """Replace the endpoints, keeping the current one first if still listed."""
-        self.http.set_endpoints(endpoints)
-
-    def fail_over(self, failed: str, attempt: int = 1) -> None:
-        """Move off ``failed``; after a full round of failures, back off."""
-        self.http.fail_over(failed, attempt)
-
-    def reauthenticate(self) -> None:
-        """Replace the current token (after the server rejected it)."""
-        self.http.reauthenticate()
+    # -- lifecycle -----------------------------------------------------------------
 
     def reset(self) -> None:
         """Drop pooled connections without closing them."""
@@ -135,6 +88,10 @@ class GatewayTransport:
         """Read a key or a range."""
         return self._call("/v3/kv/range", req.to_wire(), parse_range, idempotent=True,
                           endpoint=endpoint, timeout=timeout, deadline=deadline)
+
+    def ranges(self, reqs: Sequence[Range]) -> list[RangeResponse]:
+        """Read several ranges, one after another."""
+        return [self.range(req) for req in reqs]
 
     def put(self, req: Put) -> PutResponse:
         """Write one key."""

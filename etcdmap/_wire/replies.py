@@ -58,19 +58,22 @@ def header_revision(body: Mapping[str, Any]) -> int:
     return as_int(header.get("revision"))
 
 
+_new = tuple.__new__
+
+
 def parse_kv(raw: Mapping[str, Any]) -> KeyValue:
     """A ``mvccpb.KeyValue``; absent fields are zero.  (The hot path of every scan.)"""
     try:
         get = raw.get
         value = get("value")
-        return KeyValue(
+        return _new(KeyValue, (  # KeyValue's own __new__ is Python code: slower per key
             _a2b(get("key", "")),
             _a2b(value) if value else b"",
             int(get("create_revision", 0)),
             int(get("mod_revision", 0)),
             int(get("version", 0)),
             int(get("lease", 0)),
-        )
+        ))
     except (AttributeError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
         raise EtcdProtocolError(f"malformed key-value in response: {exc}") from exc
 

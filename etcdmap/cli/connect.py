@@ -58,7 +58,8 @@ def settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> S
         merged["ETCDCTL_PASSWORD"] = getpass.getpass(f"Password for {user}: ")
     try:
         return Settings.resolve(timeout=args.dial_timeout,
-                                verify=not args.insecure_skip_tls_verify, env=merged)
+                                verify=not args.insecure_skip_tls_verify,
+                                transport=getattr(args, "transport", None), env=merged)
     except ValueError as exc:  # e.g. a malformed $ETCDCTL_DIAL_TIMEOUT
         raise CliError(one_line(exc)) from exc
 
@@ -70,6 +71,6 @@ def connect(args: argparse.Namespace) -> EtcdClient:
     try:
         return EtcdClient(s.endpoints, timeout=s.timeout, username=username, password=password,
                           ca_cert=s.ca_cert, cert=s.cert, key=s.key, verify=s.verify,
-                          max_txn_ops=s.max_txn_ops)
-    except ValueError as exc:  # e.g. a malformed endpoint
+                          max_txn_ops=s.max_txn_ops, transport=s.transport)
+    except (ValueError, ImportError) as exc:  # a malformed endpoint, no gRPC installed
         raise CliError(one_line(exc)) from exc

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
+from .._settings import TRANSPORTS
 from .._version import __version__
 from ..client import EtcdClient
 from .commands import cmd_dump, cmd_get, cmd_load, cmd_ls, cmd_rm, cmd_set, cmd_watch
@@ -83,6 +84,9 @@ def _connection_flags(parser: argparse.ArgumentParser, *, sub: bool) -> None:
                        help="timeout of each request, e.g. 2s ($ETCDCTL_DIAL_TIMEOUT; 5s)")
     group.add_argument("--insecure-skip-tls-verify", action="store_true",
                        default=default, help="do not verify the server's certificate")
+    group.add_argument("--transport", choices=TRANSPORTS, default=default,
+                       help="http: the JSON gateway; grpc: needs etcdmap[grpc] "
+                            "($ETCDMAP_TRANSPORT; http)")
 
 
 def _version() -> str:
