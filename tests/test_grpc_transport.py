@@ -171,3 +171,17 @@ def test_batched_reads_have_many_calls_in_flight(etcd_endpoint: str,
         # The first leaf fixes the revision; the other 40 are all sent before any
         # answer is awaited; then the absent key's subtree probe.
         assert events == ["blocking"] + ["sent"] * 40 + ["waited"] * 40 + ["blocking"]
+
+
+def test_keepalives_of_every_lease_share_one_stream_per_member(etcd_endpoint: str) -> None:
+    with EtcdClient(etcd_endpoint, transport="grpc") as client:
+        transport = client._transport
+        assert isinstance(transport, GrpcTransport)
+        leases = [client.lease_grant(30).id for _ in range(3)]
+        assert [transport.lease_keepalive(lease) for lease in leases] == [30, 30, 30]
+        streams = dict(transport._keepalives)
+        assert list(streams) == [etcd_endpoint]
+        assert [transport.lease_keepalive(lease) for lease in leases] == [30, 30, 30]
+        assert transport._keepalives == streams  # the same stream again
+        client.lease_revoke(leases[0])
+        assert transport.lease_keepalive(leases[0]) == 0  # gone
