@@ -215,12 +215,10 @@ class HTTPTransport(FollowsPolicy):
         token is renewed once, as for :meth:`call`.
         """
         self._check_fork()
-        self.policy.ensure_token()
         data = _encode(body).encode()
         endpoint = endpoint or self.endpoint
-        reauthed = False
-        while True:
-            token = self.policy.token
+
+        def open_with(token: str | None) -> Stream:
             deadline = guard(self.timeout)
             if on_deadline is not None:
                 on_deadline(deadline)
@@ -234,14 +232,11 @@ class HTTPTransport(FollowsPolicy):
             if resp.status_code == 200:
                 return Stream(resp, endpoint)
             try:
-                error = http_error(resp, endpoint)
+                raise http_error(resp, endpoint)
             finally:
                 resp.close()
-            if not reauthed and self.policy.stale_token(error):
-                reauthed = True
-                self.policy.refresh_token(token)
-                continue
-            raise error
+
+        return self.policy.renewing_once(open_with)
 
     def get(self, path: str, endpoint: str | None = None) -> JSON:
         """GET a plain endpoint such as ``/version`` or ``/health`` from one member."""

@@ -191,6 +191,18 @@ class Policy:
             if self.token == stale:
                 self.token = self.fetch_token()
 
+    def renewing_once(self, open_with: Callable[[str | None], T]) -> T:
+        """``open_with(token)`` (a stream's set-up), again with a fresh token if rejected."""
+        self.ensure_token()
+        token = self.token
+        try:
+            return open_with(token)
+        except EtcdError as exc:
+            if not self.stale_token(exc):
+                raise
+            self.refresh_token(token)
+        return open_with(self.token)
+
     def ensure_token(self) -> None:
         """Authenticate once before the first request, if credentials were given."""
         if self.credentials is not None and self.token is None:

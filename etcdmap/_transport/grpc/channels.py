@@ -162,10 +162,6 @@ class Channels:
         with self._lock:
             self._channels.pop(endpoint, None)
 
-    def forked(self) -> bool:
-        """Whether this process is a fork of the one that made the channels."""
-        return self._pid != os.getpid()
-
     def after_fork(self) -> None:
         """In a forked child: forget the parent's channels (never close them)."""
         self._lock = threading.Lock()

@@ -34,7 +34,7 @@ from ..policy import Failure, FollowsPolicy, Policy
 from . import convert
 from . import messages as pb
 from .channels import Channels
-from .failures import answered, failure
+from .failures import failure
 from .keepalive import KeepAlives, NoAnswer
 from .streams import SharedStream
 from .watch import GrpcWatch, Hub
@@ -165,9 +165,10 @@ class GrpcTransport(FollowsPolicy):
                 return self._method(target, name)(request, timeout=budget,
                                                   metadata=self._metadata(token))
             except grpc.RpcError as exc:
-                if not answered(exc) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                failed = failure(exc, target, idempotent, budget)
+                if not failed.answered and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._suspect(target)
-                raise failure(exc, target, idempotent, budget) from None
+                raise failed from None
 
         return self.policy.run(attempt, idempotent=idempotent, timeout=timeout,
                                deadline=deadline, endpoint=endpoint,
@@ -335,11 +336,9 @@ class GrpcTransport(FollowsPolicy):
               on_opening: Callable[[Cuttable], None] | None = None) -> GrpcWatch:
         """Start a watch on one member's shared stream, once etcd confirms or refuses it."""
         self._check_fork()
-        self.policy.ensure_token()
         endpoint = endpoint or self.endpoint
-        reauthed = False
-        while True:
-            token = self.policy.token
+
+        def open_with(token: str | None) -> GrpcWatch:
             watch = self._shared(self._hubs, endpoint, token, Hub).add(req)
             if on_opening is not None:
                 on_opening(watch)
@@ -348,10 +347,6 @@ class GrpcTransport(FollowsPolicy):
             except EtcdTimeout:
                 self._suspect(endpoint)
                 raise
-            except EtcdError as exc:
-                if not reauthed and self.policy.stale_token(exc):
-                    reauthed = True
-                    self.policy.refresh_token(token)
-                    continue
-                raise
             return watch
+
+        return self.policy.renewing_once(open_with)
