@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,6 @@ from etcdmap._transport.grpc.watch import Hub
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    import os
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], text=True,
                           capture_output=True, timeout=60, env={**os.environ, **env})
 
@@ -185,3 +185,43 @@ def test_keepalives_of_every_lease_share_one_stream_per_member(etcd_endpoint: st
         assert transport._keepalives == streams  # the same stream again
         client.lease_revoke(leases[0])
         assert transport.lease_keepalive(leases[0]) == 0  # gone
+
+
+def test_grpc_polls_with_poll_unless_told_otherwise() -> None:
+    """epoll1's process-wide state breaks a forked child; etcdmap picks ``poll``."""
+    show = """
+        import os
+        import etcdmap._transport.grpc
+        print(os.environ["GRPC_POLL_STRATEGY"], os.environ["GRPC_VERBOSITY"])
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GRPC_POLL_STRATEGY", "GRPC_VERBOSITY")}
+    chosen = subprocess.run([sys.executable, "-c", textwrap.dedent(show)], text=True,
+                            capture_output=True, timeout=60, env=env)
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.split() == ["poll", "ERROR"]
+    kept = run_python(show, GRPC_POLL_STRATEGY="epoll1", GRPC_VERBOSITY="INFO")
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.split() == ["epoll1", "INFO"]
+
+
+class _Broken(Exception):
+    """A ``grpc.RpcError`` as gRPC reports a connection reset under a call."""
+
+    def code(self) -> Any:
+        import grpc
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Stream removed (sendmsg: Connection reset by peer (104))"
+
+
+def test_a_call_broken_by_a_reset_is_indeterminate_for_a_write_and_retried_for_a_read() -> None:
+    from etcdmap import EtcdConnectionError, EtcdIndeterminateWrite
+    from etcdmap._transport.grpc.failures import failure
+
+    write = failure(_Broken(), "http://m1", idempotent=False, waited=0.1)
+    assert isinstance(write.error, EtcdIndeterminateWrite)
+    assert not write.unsent and not write.answered  # never retried blindly
+    read = failure(_Broken(), "http://m1", idempotent=True, waited=0.1)
+    assert type(read.error) is EtcdConnectionError and not read.answered
