@@ -16,6 +16,13 @@ import pytest
 
 from etcdmap import EtcdClient, Event, Watcher
 from etcdmap._settings import check_transport
+from etcdmap._transport.forked import ForkSafe
+
+
+def wire_of(client: EtcdClient) -> Any:
+    """The transport ``client`` calls through now (inside gRPC's fork-safe wrapper)."""
+    transport: Any = client._transport
+    return transport.transport if isinstance(transport, ForkSafe) else transport
 
 
 def default_transport() -> str:
@@ -66,7 +73,7 @@ def call_log_of(client: EtcdClient, monkeypatch: pytest.MonkeyPatch, *,
     the URL path (``full``: the whole URL) of each HTTP request, or of each gRPC call as
     the gateway would name it."""
     log: list[str] = []
-    transport: Any = client._transport
+    transport: Any = wire_of(client)
     if not hasattr(transport, "http"):  # gRPC: wrap each method as it is looked up
         original_method = transport._method
 
@@ -134,7 +141,7 @@ def record_calls(client: EtcdClient) -> Recorder:
     only notes what went out and which tokens came back.
     """
     rec = Recorder()
-    transport: Any = client._transport
+    transport: Any = wire_of(client)
     if not hasattr(transport, "http"):  # gRPC
         original_method = transport._method
 

@@ -10,6 +10,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from helpers import wire_of
 
 from etcdmap import EtcdClient, EtcdMapping
 from etcdmap._transport.grpc.transport import GrpcTransport
@@ -66,12 +67,12 @@ def test_the_environment_picks_the_transport_and_an_argument_wins(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETCDMAP_TRANSPORT", "grpc")
     with EtcdClient("http://127.0.0.1:1") as client:
-        assert isinstance(client._transport, GrpcTransport)
+        assert isinstance(wire_of(client), GrpcTransport)
     with EtcdClient("http://127.0.0.1:1", transport="http") as client:
-        assert not isinstance(client._transport, GrpcTransport)
+        assert not isinstance(wire_of(client), GrpcTransport)
     monkeypatch.setenv("ETCDMAP_TRANSPORT", "GRPC ")
     with EtcdClient("http://127.0.0.1:1") as client:
-        assert isinstance(client._transport, GrpcTransport)
+        assert isinstance(wire_of(client), GrpcTransport)
 
 
 def test_http_only_settings_are_refused_over_grpc() -> None:
@@ -104,7 +105,7 @@ def test_watches_of_a_client_share_one_stream_per_member(etcd_endpoint: str) -> 
             for i in range(8):
                 client.put(f"shared/{i}", str(i))
             assert [next(w).value for w in watchers] == [str(i) for i in range(8)]
-            transport = client._transport
+            transport = wire_of(client)
             assert isinstance(transport, GrpcTransport)
             hubs: dict[str, Hub] = transport._hubs
             assert list(hubs) == [etcd_endpoint]
@@ -138,7 +139,7 @@ def test_batched_reads_have_many_calls_in_flight(etcd_endpoint: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     with EtcdMapping(prefix="in-flight", endpoints=etcd_endpoint, transport="grpc") as m:
         m.update({f"k{i}": str(i) for i in range(40)})
-        transport = m.client._transport
+        transport = wire_of(m.client)
         assert isinstance(transport, GrpcTransport)
         # As with etcd 3.5.0-3.5.6: no read-only transactions, one range per call.
         monkeypatch.setattr(m.client, "_txn_read_safety", {transport.endpoint: False})
@@ -175,7 +176,7 @@ def test_batched_reads_have_many_calls_in_flight(etcd_endpoint: str,
 
 def test_keepalives_of_every_lease_share_one_stream_per_member(etcd_endpoint: str) -> None:
     with EtcdClient(etcd_endpoint, transport="grpc") as client:
-        transport = client._transport
+        transport = wire_of(client)
         assert isinstance(transport, GrpcTransport)
         leases = [client.lease_grant(30).id for _ in range(3)]
         assert [transport.lease_keepalive(lease) for lease in leases] == [30, 30, 30]
@@ -187,22 +188,25 @@ def test_keepalives_of_every_lease_share_one_stream_per_member(etcd_endpoint: st
         assert transport.lease_keepalive(leases[0]) == 0  # gone
 
 
-def test_grpc_polls_with_poll_unless_told_otherwise() -> None:
-    """epoll1's process-wide state breaks a forked child; etcdmap picks ``poll``."""
-    show = """
+def test_grpc_runs_no_fork_handlers_and_polls_with_poll_unless_told_otherwise() -> None:
+    """What gRPC does around a fork depends on timing unless its handlers are off."""
+    names = ("GRPC_POLL_STRATEGY", "GRPC_VERBOSITY", "GRPC_ENABLE_FORK_SUPPORT")
+    show = f"""
         import os
         import etcdmap._transport.grpc
-        print(os.environ["GRPC_POLL_STRATEGY"], os.environ["GRPC_VERBOSITY"])
+        import grpc._cython.cygrpc
+        print(*(os.environ[name] for name in {names!r}))
+        print(grpc._cython.cygrpc.is_fork_support_enabled())
     """
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GRPC_POLL_STRATEGY", "GRPC_VERBOSITY")}
+    env = {k: v for k, v in os.environ.items() if k not in names}
     chosen = subprocess.run([sys.executable, "-c", textwrap.dedent(show)], text=True,
                             capture_output=True, timeout=60, env=env)
     assert chosen.returncode == 0, chosen.stderr
-    assert chosen.stdout.split() == ["poll", "ERROR"]
-    kept = run_python(show, GRPC_POLL_STRATEGY="epoll1", GRPC_VERBOSITY="INFO")
+    assert chosen.stdout.split() == ["poll", "ERROR", "false", "False"]
+    kept = run_python(show, GRPC_POLL_STRATEGY="epoll1", GRPC_VERBOSITY="INFO",
+                      GRPC_ENABLE_FORK_SUPPORT="1")
     assert kept.returncode == 0, kept.stderr
-    assert kept.stdout.split() == ["epoll1", "INFO"]
+    assert kept.stdout.split() == ["epoll1", "INFO", "1", "True"]
 
 
 class _Broken(Exception):
@@ -225,3 +229,44 @@ def test_a_call_broken_by_a_reset_is_indeterminate_for_a_write_and_retried_for_a
     assert not write.unsent and not write.answered  # never retried blindly
     read = failure(_Broken(), "http://m1", idempotent=True, waited=0.1)
     assert type(read.error) is EtcdConnectionError and not read.answered
+
+
+def test_a_child_of_a_process_that_ran_grpc_talks_http_and_one_before_keeps_grpc(
+        etcd_endpoint: str) -> None:
+    """gRPC's core cannot run in a child forked after it started (docs/transports.rst)."""
+    proc = run_python(f"""
+        import os
+        from etcdmap import EtcdClient
+        from etcdmap._transport.forked import ForkSafe
+
+        def wire(client):
+            return type(client._transport.transport).__name__
+
+        def in_child(work):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = work()
+                finally:
+                    os._exit(code)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+        client = EtcdClient({etcd_endpoint!r}, transport="grpc")
+        def before():  # no channel was opened yet: the child keeps gRPC
+            client.put("fork/before", "1")
+            return 0 if wire(client) == "GrpcTransport" else 2
+        print("before", in_child(before))
+        client.put("fork/parent", "1")  # the parent runs gRPC from now on
+        def after():
+            client.put("fork/after", "1")
+            fresh = EtcdClient({etcd_endpoint!r}, transport="grpc")
+            ok = (wire(client) == "GatewayTransport"
+                  and type(fresh._transport).__name__ == "GatewayTransport"
+                  and fresh.get("fork/after").value == "1")
+            return 0 if ok else 3
+        print("after", in_child(after))
+        print("parent", wire(client), client.get("fork/after").value)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == ["before 0", "after 0", "parent GrpcTransport 1"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._settings import Settings
 from .base import Transport
+from .forked import ForkSafe
 from .gateway import GatewayTransport
 from .http import HTTPTransport
 
@@ -37,13 +38,23 @@ def open_transport(settings: Settings, *, session: requests.Session | None = Non
             module = importlib.import_module("etcdmap._transport.grpc.transport")
         except ImportError as exc:
             raise ImportError(f"{GRPC_MISSING} ({exc})") from None
-        transport: Transport = module.GrpcTransport(
+        if module.grpc_ran_before_fork():
+            # gRPC's core cannot run in a child of a process that ran it: see .forked
+            return _gateway(settings, None)
+        grpc: Transport = module.GrpcTransport(
             settings.endpoints, timeout=settings.timeout, retry_deadline=retry_deadline,
             dial_window=explicit, ca_cert=settings.ca_cert, cert=settings.cert,
             key=settings.key, verify=settings.verify, credentials=settings.credentials)
-        return transport
+        return ForkSafe(grpc, lambda: _gateway(settings, None),
+                        module.grpc_ran_before_fork)
+    return _gateway(settings, session)
+
+
+def _gateway(settings: Settings, session: requests.Session | None) -> Transport:
+    explicit = settings.retry_deadline
     return GatewayTransport(HTTPTransport(
-        settings.endpoints, timeout=settings.timeout, retry_deadline=retry_deadline,
+        settings.endpoints, timeout=settings.timeout,
+        retry_deadline=settings.timeout if explicit is None else explicit,
         dial_window=explicit, session=session, verify=settings.tls_verify,
         cert=settings.tls_cert, credentials=settings.credentials,
         allow_redirects=settings.allow_redirects))

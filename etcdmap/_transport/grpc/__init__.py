@@ -9,11 +9,13 @@ import os
 # gRPC's core logs every failed TLS handshake to stderr at INFO level; etcdmap
 # reports those failures as errors, so only gRPC's own errors are shown.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-# gRPC's default poller on Linux (epoll1) keeps process-wide state: one epoll set
-# and a list of the threads waiting on it.  A forked child inherits that list with
-# the parent's threads in it, which do not exist there, and gRPC's core aborts when
-# it hands them work (``ev_epoll1_linux.cc ... state == KICKED``).  The "poll"
-# poller keeps its state per completion queue, which a child never shares, and
-# costs nothing measurable for a client's few connections.  It only takes effect
-# when etcdmap is the first to load grpc in the process (docs/transports.rst).
+# gRPC's default poller on Linux (epoll1) keeps one epoll set for the process, which a
+# forked child would share with its parent.  A child of a process that ran gRPC never
+# calls gRPC (see _transport.forked), but "poll" keeps even its inherited state per
+# completion queue.  It only takes effect when etcdmap is the first to load grpc.
 os.environ.setdefault("GRPC_POLL_STRATEGY", "poll")
+# gRPC's core stops and restarts its threads around a fork when no other thread is
+# inside gRPC at that instant, and skips that otherwise: a child's fate would depend
+# on timing (it could crash inside fork()).  Off, a fork never runs gRPC code, and a
+# child of a process that ran gRPC never calls it (see _transport.forked).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")

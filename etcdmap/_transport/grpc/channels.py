@@ -30,6 +30,17 @@ _INHERITED: list[Any] = []
 _THREADS_AT_FORK: list[threading.Thread] = []
 
 
+# Whether this process had opened a gRPC channel, and whether the process it was
+# forked from had: a child of such a process must not call gRPC (see _transport.forked).
+_ran = False
+_ran_before_fork = False
+
+
+def grpc_ran_before_fork() -> bool:
+    """Whether gRPC had opened channels in the process this one was forked from."""
+    return _ran_before_fork
+
+
 def _before_fork() -> None:
     _THREADS_AT_FORK[:] = threading.enumerate()
 
@@ -38,7 +49,13 @@ def _after_fork_in_parent() -> None:
     _THREADS_AT_FORK.clear()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+def _after_fork_in_child() -> None:
+    global _ran_before_fork
+    _ran_before_fork = _ran_before_fork or _ran
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 OPTIONS: list[tuple[str, Any]] = [
     # A range of any size comes back (etcd itself sends up to 2 GiB); the client
     # pages big scans, so memory stays bounded where it matters.
@@ -147,6 +164,8 @@ class Channels:
         return channel
 
     def _open(self, endpoint: str) -> Any:
+        global _ran
+        _ran = True
         if endpoint.startswith("https://"):
             if self._tls is None:
                 self._tls = TLSFiles(*self._tls_paths)

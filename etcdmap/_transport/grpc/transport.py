@@ -33,13 +33,13 @@ from ..base import Cuttable
 from ..policy import Failure, FollowsPolicy, Policy
 from . import convert
 from . import messages as pb
-from .channels import Channels
+from .channels import Channels, grpc_ran_before_fork
 from .failures import failure
 from .keepalive import KeepAlives, NoAnswer
 from .streams import SharedStream
 from .watch import GrpcWatch, Hub
 
-__all__ = ["GrpcTransport"]
+__all__ = ["GrpcTransport", "grpc_ran_before_fork"]
 
 S = TypeVar("S", bound=SharedStream)
 
