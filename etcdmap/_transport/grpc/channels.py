@@ -30,15 +30,16 @@ _INHERITED: list[Any] = []
 _THREADS_AT_FORK: list[threading.Thread] = []
 
 
-# Whether this process had opened a gRPC channel, and whether the process it was
-# forked from had: a child of such a process must not call gRPC (see _transport.forked).
-_ran = False
-_ran_before_fork = False
+# The processes that opened gRPC channels.  A child inherits the set: if it holds
+# another process than this one, gRPC ran in an ancestor and must not be called here
+# (see _transport.forked).  A set, not an at-fork flag, because other at-fork
+# handlers (a cache's) may start threads that call before a flag would be set.
+_RAN_IN: set[int] = set()
 
 
 def grpc_ran_before_fork() -> bool:
-    """Whether gRPC had opened channels in the process this one was forked from."""
-    return _ran_before_fork
+    """Whether gRPC had opened channels in a process this one was forked from."""
+    return bool(_RAN_IN - {os.getpid()})  # one C-level step: safe beside an add
 
 
 def _before_fork() -> None:
@@ -49,13 +50,7 @@ def _after_fork_in_parent() -> None:
     _THREADS_AT_FORK.clear()
 
 
-def _after_fork_in_child() -> None:
-    global _ran_before_fork
-    _ran_before_fork = _ran_before_fork or _ran
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
 OPTIONS: list[tuple[str, Any]] = [
     # A range of any size comes back (etcd itself sends up to 2 GiB); the client
     # pages big scans, so memory stays bounded where it matters.
@@ -164,8 +159,7 @@ class Channels:
         return channel
 
     def _open(self, endpoint: str) -> Any:
-        global _ran
-        _ran = True
+        _RAN_IN.add(os.getpid())
         if endpoint.startswith("https://"):
             if self._tls is None:
                 self._tls = TLSFiles(*self._tls_paths)
