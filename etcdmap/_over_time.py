@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._fence import NO_FENCE, Fence
 from ._settings import READ_TIMEOUT
 from ._wire.keys import key_name
 from .codecs import Codec, decode_or_raw
@@ -36,6 +37,7 @@ class OverTime:
     _codec: Codec
     _policy: LeasePolicy | None = None  # with_ttl() and lease() views attach leases
     _hooks: WriteHooks | None = None  # a cached view refuses or waits around writes
+    _fence: Fence = NO_FENCE  # a guarded view writes only while a lock is held
 
     if TYPE_CHECKING:
         def _derive(self, base: bytes | None = None, **attrs: Any) -> EtcdMapping: ...

@@ -129,6 +129,11 @@ class WritePlan:
         self.puts = {k: v for k, v in self.puts.items()
                      if not (start <= k and (end == ALL_KEYS or k < end))}
 
+    def removed(self, key: bytes) -> bool:
+        """Whether the plan removes ``key`` (a later put at it is in :attr:`puts`)."""
+        return key not in self.puts and any(
+            start <= key and (end == ALL_KEYS or key < end) for start, end in self._regions)
+
     def _flatten(self, key: bytes, tree: Mapping[Any, Any], out: dict[bytes, bytes]) -> None:
         sep = self._sep
         for name, value in tree.items():

@@ -54,6 +54,8 @@ __all__ = [
     "EtcdKeyError",
     "EtcdLeaseExpired",
     "EtcdLeaseNotFound",
+    "EtcdLockLost",
+    "EtcdLockTimeout",
     "EtcdOutOfRange",
     "EtcdPartialWrite",
     "EtcdPermissionError",
@@ -146,7 +148,18 @@ class EtcdCompareFailed(EtcdError):
 
 
 class EtcdConflict(EtcdError):
-    """A compare-and-swap lost to other writers every time it was retried."""
+    """A transaction or compare-and-swap lost to other writers (every time it was retried)."""
+
+
+class EtcdLockTimeout(EtcdError, TimeoutError):
+    """A lock or an election campaign was not won within its ``timeout``."""
+
+
+class EtcdLockLost(EtcdError):
+    """A lock or leadership was lost (its lease lapsed or its key was removed).
+
+    A write guarded by it raised this instead of being applied.
+    """
 
 
 class EtcdPartialWrite(EtcdError):

@@ -66,12 +66,13 @@ class Lease:
         keepalive: bool = True,
         on_expired: Callable[[Lease], None] | None = None,
     ):
+        sent = time.monotonic()
         grant = client.lease_grant(ttl)
         self.id = grant.id
         self.ttl = grant.ttl
         self._client = client
         self._on_expired = on_expired
-        self._expires = time.monotonic() + grant.ttl  # last known expiry
+        self._expires = sent + grant.ttl  # last known expiry, never too late
         self._expired = threading.Event()
         self._expiry_lock = threading.Lock()
         self._keepalive = keepalive
@@ -120,11 +121,14 @@ class Lease:
         ``timeout`` bounds each attempt and ``deadline`` all of them (by default
         the client's own).
         """
+        # The server's clock started the new TTL somewhere between sending and the
+        # answer: counting from the send keeps the known expiry never too late.
+        sent = time.monotonic()
         ttl = self._client.lease_keepalive_once(self.id, timeout=timeout, deadline=deadline)
         if ttl <= 0:
             self.mark_expired("the server no longer knows it")
             raise EtcdLeaseExpired(f"lease {self.id:x} has expired")
-        self._expires = time.monotonic() + ttl
+        self._expires = sent + ttl
         return ttl
 
     def time_to_live(self) -> int:

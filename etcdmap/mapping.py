@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._commit import ABSENT, commit, put_if_absent, take, take_first
+from ._coordination import Coordination
 from ._over_time import OverTime
 from ._read import Children, fresh_len, has_children, lookup, tree_at, values_of
 from ._settings import PAGE_SIZE, check_count
@@ -51,7 +52,7 @@ def _name(name: str, kv: KeyValue | None) -> str:
     return name
 
 
-class EtcdMapping(OverTime, MutableMapping[str, Any]):
+class EtcdMapping(OverTime, Coordination, MutableMapping[str, Any]):
     """A dict-like view of the keys under ``prefix`` in etcd."""
 
     _fresh: Any = None  # what the last iterator read, for the len() after it (see _read)
@@ -304,7 +305,7 @@ class EtcdMapping(OverTime, MutableMapping[str, Any]):
         if policy is not None:
             success = policy.attach(success)
         try:
-            resp = self._client.txn(compare, success, failure)
+            resp = self._fence.run(self._client, compare, success, failure)
         except EtcdLeaseNotFound as exc:
             if policy is None:
                 raise
@@ -378,6 +379,9 @@ class EtcdMapping(OverTime, MutableMapping[str, Any]):
     def clear(self) -> None:
         """Remove every key under the prefix."""
         start, end = self._span()
+        if self._fence.compares:  # a guarded view: only through the fence
+            self._txn([], [Delete(start, end)], [])
+            return
         if self._hooks is not None:
             self._hooks.before_write()
         resp = self._client.delete_range(start, end)

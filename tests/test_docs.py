@@ -53,6 +53,7 @@ PREFIXES = {
     "cli.rst": "cli-guide",
     "testing.rst": "testing-guide",
     "cache.rst": "cached",
+    "coordination.rst": "coordination",
     "migrating.rst": "migrating",
     "benchmarks.rst": "benchmarks",
     "index.rst": "index",

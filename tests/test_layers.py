@@ -35,18 +35,22 @@ LAYERS: list[tuple[str, list[str]]] = [
         "etcdmap._transport.grpc.streams", "etcdmap._transport.grpc.watch",
         "etcdmap._transport.grpc.keepalive", "etcdmap._transport.grpc.transport",
         "etcdmap._transport.grpc",
-        "etcdmap._transport.select", "etcdmap._transport",
+        "etcdmap._transport.forked", "etcdmap._transport.select", "etcdmap._transport",
     ]),
     ("client: etcd's calls, watches and leases over the transport", [
         "etcdmap._watch_reader", "etcdmap.watch", "etcdmap.lease", "etcdmap.compat",
         "etcdmap.members", "etcdmap.client",
     ]),
     ("mapping: a dict over a prefix, on the client", [
-        "etcdmap._read", "etcdmap._commit", "etcdmap._over_time", "etcdmap.views",
-        "etcdmap.mapping",
+        "etcdmap._read", "etcdmap._commit", "etcdmap._fence", "etcdmap._over_time",
+        "etcdmap.views", "etcdmap._coordination", "etcdmap.mapping",
     ]),
     ("cache: a dict kept fresh by a watch, on the mapping", [
         "etcdmap._mirror", "etcdmap.cache",
+    ]),
+    ("coordination: transactions, locks and elections, on the mapping", [
+        "etcdmap.transaction", "etcdmap._queue", "etcdmap._seat", "etcdmap.lock",
+        "etcdmap.election",
     ]),
     ("real etcd servers for tests and development (may use requests)", [
         "etcdmap.launcher.server", "etcdmap.launcher.cluster", "etcdmap.launcher",
