@@ -99,6 +99,10 @@ class Coordination:
         :class:`~etcdmap.errors.EtcdConflict`.  ``fn`` may run more than once,
         so it should only read and write through ``tx``.
         """
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, not {retries}")
         if fn is None:
             return functools.partial(self._atomic_decorator, retries=retries, fence=fence)
         return _recipe("run_atomic")(self.transaction, fn, retries=retries, fence=fence)

@@ -82,11 +82,16 @@ def relay(etcd_endpoint: str) -> Iterator[Relay]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Over gRPC (``ETCDMAP_TRANSPORT=grpc``), tests of the HTTP transport itself are
+    """Over gRPC (``ETCDMAP_TRANSPORT=grpc``), tests of the HTTP transport itself and
+    tests that use no client of the chosen transport (they ran in the HTTP run) are
     deselected (and counted as such), whatever ``-m`` says."""
     if default_transport() != "grpc":
         return
-    http_only = [item for item in items if item.get_closest_marker("http_only")]
-    if http_only:
-        config.hook.pytest_deselected(items=http_only)
-        items[:] = [item for item in items if not item.get_closest_marker("http_only")]
+
+    def once(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(name) for name in ("http_only", "no_transport"))
+
+    skipped = [item for item in items if once(item)]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if not once(item)]

@@ -1,4 +1,4 @@
-"""Choosing the gRPC transport, and what is its own (the whole suite also runs on it:
+"""Choosing the gRPC transport, and what is its own (the suite also runs on it:
 ``ETCDMAP_TRANSPORT=grpc python -m pytest``)."""
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.no_transport  # runs once, not again over gRPC
+
 ROOT = Path(__file__).resolve().parent.parent / "etcdmap"
 
 # Bottom up.  Within a layer, the order says which module may import which.

