@@ -49,10 +49,6 @@ class Fence:
             raise EtcdProtocolError("a guarded write got no reply to its inner transaction")
         return TxnResponse(inner.succeeded, resp.revision, inner.responses)
 
-    def also(self, compares: Sequence[Compare]) -> list[Compare]:
-        """These compares and the fence's, for a transaction that guards itself."""
-        return [*self.compares, *compares]
-
 
 # What an unguarded view writes through: the plain transaction.
 NO_FENCE = Fence((), lambda: EtcdError("no fence to lose"))

@@ -31,12 +31,24 @@ from .ops import Compare
 if TYPE_CHECKING:
     from .client import EtcdClient
     from .lease import Lease
+    from .mapping import EtcdMapping
     from .watch import Watcher
 
-__all__ = ["Seat"]
+__all__ = ["Seat", "queue_of"]
 
 log = logging.getLogger(__name__)
 _RETRY = 1.0  # seconds between attempts to re-establish a failed watch of the own key
+
+
+def queue_of(mapping: EtcdMapping, name: str, ttl: int, what: str) -> tuple[bytes, int]:
+    """The key prefix of the queue at ``name`` (a lock's or an election's) and ``ttl``,
+    or the ``ValueError`` that names what is wrong."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} needs a name, not {name!r}")
+    prefix = mapping._full(name, write=True) + mapping._bsep
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        raise ValueError(f"ttl must be a positive int of seconds, not {ttl!r}")
+    return prefix, ttl
 
 
 class _Watch:

@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._queue import first
-from ._seat import Seat
+from ._seat import Seat, queue_of
 from .errors import EtcdError, EtcdLockLost, EtcdLockTimeout
-from .lock import check_ttl
 from .ops import Compare, Put, prefix_end
 from .records import KeyValue
 
@@ -55,12 +54,9 @@ class Election:
 
     def __init__(self, mapping: EtcdMapping, name: str, *, ttl: int = 10,
                  on_lost: Callable[[Election], None] | None = None):
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"an election needs a name, not {name!r}")
+        self._prefix, self.ttl = queue_of(mapping, name, ttl, "an election")
         self._client = mapping._client
-        self._prefix = mapping._full(name, write=True) + mapping._bsep
         self.name = name
-        self.ttl = check_ttl(ttl)
         self.on_lost = on_lost
         self._campaigning = threading.Lock()  # one campaign of this candidate at a time
         self._seat: Seat | None = None

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._queue import queued
-from ._seat import Seat
+from ._seat import Seat, queue_of
 from .errors import EtcdError, EtcdLockLost, EtcdLockTimeout
 from .ops import prefix_end
 
@@ -38,13 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Lock"]
 
 log = logging.getLogger(__name__)
-
-
-def check_ttl(ttl: int) -> int:
-    """``ttl`` if it is a positive int of seconds; else :class:`ValueError`."""
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-        raise ValueError(f"ttl must be a positive int of seconds, not {ttl!r}")
-    return ttl
 
 
 def _tell(ref: weakref.ref[Lock]) -> None:
@@ -68,12 +61,9 @@ class Lock:
     def __init__(self, mapping: EtcdMapping, name: str, *, ttl: int = 10,
                  timeout: float | None = None, identifier: str | None = None,
                  on_lost: Callable[[Lock], None] | None = None):
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a lock needs a name, not {name!r}")
+        self._prefix, self.ttl = queue_of(mapping, name, ttl, "a lock")
         self._client = mapping._client
-        self._prefix = mapping._full(name, write=True) + mapping._bsep
         self.name = name
-        self.ttl = check_ttl(ttl)
         self.timeout = timeout
         self.on_lost = on_lost
         self._identifier = identifier

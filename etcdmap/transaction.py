@@ -286,8 +286,6 @@ def run_atomic(transaction: Callable[..., AbstractContextManager[Transaction]],
                fn: Callable[[Transaction], R], *, retries: int,
                fence: Fenced | None) -> R:
     """``fn(tx)`` in a transaction, re-run after each conflict (at most ``retries`` times)."""
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, not {retries!r}")
     for attempt in itertools.count():
         try:
             with transaction(fence=fence) as tx:
