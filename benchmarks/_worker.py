@@ -736,6 +736,7 @@ class Etcd3Lib(Lib):
 LIBS: dict[str, type[Lib]] = {
     "etcdmap": EtcdmapLib, "etcdmap-grpc": EtcdmapGrpcLib, "requests": RequestsLib,
     "etcd3gw": Etcd3gwLib, "etcd3": Etcd3Lib,
+    "etcd3-pure": Etcd3Lib,  # python-etcd3 on pure-Python protobuf (run.py sets the env)
 }
 
 

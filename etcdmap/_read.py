@@ -222,7 +222,9 @@ class Children(Iterator[T]):
                     yield key_name(head), kv
             if pages is None or not page.more:
                 return
-            # Don't page through a subtree we have already yielded.
+            # Don't page through a subtree we have already yielded; and let go of
+            # this page before the next is read: one page in memory, not two.
+            page = None
             page = pages.send(prefix_end(base + skip) if skip is not None else None)
 
 

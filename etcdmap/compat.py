@@ -168,7 +168,8 @@ class ClassicMixin:
                 if found:
                     skip = prefix_end(base + head + b"/")
                 yield kv, page.revision
-            page = pages.send(skip) if page.more else None
+            more, page = page.more, None  # not held while the next page is read
+            page = pages.send(skip) if more else None
 
     def get_recursive(self, path: K) -> dict[K, K]:
         """Every key under ``path`` (``path/...``) with its value, flat, at one revision."""

@@ -5,9 +5,12 @@ Every key lives under the test's own ``etcd_prefix``.
 
 from __future__ import annotations
 
+import gc
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from helpers import assert_reads, once_watching, reads_in_txns
@@ -19,10 +22,11 @@ from etcdmap import (
     EtcdConnectionError,
     EtcdKeyError,
     EtcdLeaseNotFound,
+    EtcdMapping,
     EtcdOutOfRange,
 )
 from etcdmap.ops import Compare, Delete, Put, Range, prefix_end
-from etcdmap.records import DeleteRangeResponse, PutResponse, RangeResponse
+from etcdmap.records import DeleteRangeResponse, KeyValue, PutResponse, RangeResponse
 
 
 def put_all(client: EtcdClient, base: str, **items: str) -> None:
@@ -136,6 +140,45 @@ def test_pages_grow_from_page_size_up_to_the_ceiling(etcd_client, etcd_prefix) -
     start = f"{etcd_prefix}/".encode()
     sizes = [len(p.kvs) for p in etcd_client.pages(start, prefix_end(start), page_size=3)]
     assert sizes == [3, 6, 12, 24, 48, 7]
+
+
+def _pages_held_while_reading_the_next(client: EtcdClient, read: Callable[[], object]) -> list[int]:
+    """Run ``read``; for each page after the first, how many earlier pages were still alive."""
+    seen: list[tuple[KeyValue, ...]] = []
+    held: list[int] = []
+    real = client.range
+
+    def spy(*args: Any, **kwargs: Any) -> RangeResponse:
+        gc.collect()
+        # A page is alive while anything but ``seen`` refers to its tuple of keys.
+        held.append(sum(1 for kvs in seen if any(r is not seen for r in gc.get_referrers(kvs))))
+        resp = real(*args, **kwargs)
+        seen.append(resp.kvs)
+        return resp
+
+    client.range = spy  # type: ignore[method-assign]
+    try:
+        read()
+    finally:
+        del client.range
+    return held[1:]
+
+
+@pytest.mark.parametrize("how", ["range_iter", "items", "keys", "values", "iter"])
+def test_a_page_is_let_go_before_the_next_is_read(etcd_client, etcd_prefix, how) -> None:
+    etcd_client.txn(success=[Put(f"{etcd_prefix}/{i:03}".encode(), b"v") for i in range(40)])
+    m = EtcdMapping(etcd_prefix, client=etcd_client, page_size=3)
+    read = {
+        "range_iter": lambda: [kv.key for kv in etcd_client.range_iter(
+            f"{etcd_prefix}/", prefix=True, page_size=3)],
+        "items": lambda: [k for k, _ in m.items()],
+        "keys": lambda: [k for k in m.keys()],  # noqa: SIM118 (the view, not the mapping)
+        "values": lambda: [v for v in m.values()],
+        "iter": lambda: [k for k in m],
+    }[how]
+    held = _pages_held_while_reading_the_next(etcd_client, read)
+    assert len(held) == 3  # pages of 3, 6, 12 and 19 keys: 3 reads after the first
+    assert held == [0, 0, 0]
 
 
 # -- put and delete_range ---------------------------------------------------------------
