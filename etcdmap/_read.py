@@ -137,6 +137,8 @@ def has_children(m: Reader) -> bool:
 
 def values_of(m: Reader, keys: Iterable[str]) -> dict[str, Any]:
     """``getitems``: the present ones of ``keys`` with their values, at one revision."""
+    if isinstance(keys, (str, bytes)):  # one key, not an iterable of them
+        raise TypeError(f"getitems takes an iterable of keys, not one {type(keys).__name__}")
     wanted = []
     for key in keys:
         with contextlib.suppress(KeyError):  # a malformed key is absent

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ._fence import Fence
 from ._queue import Turn, enqueue
+from ._settings import check_ttl
 from .errors import EtcdError, EtcdLockLost
 from .ops import Compare
 
@@ -43,12 +44,12 @@ _RETRY = 1.0  # seconds between attempts to re-establish a failed watch of the o
 def queue_of(mapping: EtcdMapping, name: str, ttl: int, what: str) -> tuple[bytes, int]:
     """The key prefix of the queue at ``name`` (a lock's or an election's) and ``ttl``,
     or the ``ValueError`` that names what is wrong."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} needs a str name, not {type(name).__name__}")
+    if not name:
         raise ValueError(f"{what} needs a name, not {name!r}")
     prefix = mapping._full(name, write=True) + mapping._bsep
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-        raise ValueError(f"ttl must be a positive int of seconds, not {ttl!r}")
-    return prefix, ttl
+    return prefix, check_ttl(ttl)
 
 
 class _Watch:

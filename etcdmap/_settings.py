@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["DEFAULT_ENDPOINT", "MAX_PAGE_SIZE", "MAX_TXN_OPS", "PAGE_SIZE", "READ_TIMEOUT",
            "TRANSPORTS", "Settings",
-           "check_count", "check_seconds", "go_duration", "txn_read_crashes"]
+           "check_count", "check_seconds", "check_ttl", "check_wait", "go_duration",
+           "txn_read_crashes"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 PAGE_SIZE = 1000  # keys in the first page of a scan (pages then double)
@@ -48,6 +49,20 @@ def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
         kind = "a finite number of seconds >= 0" if zero else "a finite positive number of seconds"
         raise ValueError(f"{name} must be {kind}, not {value!r}")
     return float(value)
+
+
+def check_wait(name: str, value: object) -> float | None:
+    """``value`` as seconds to wait (``None``: for ever), or the error that names ``name``."""
+    return None if value is None else check_seconds(name, value, zero=True)
+
+
+def check_ttl(value: object) -> int:
+    """``value`` as a lease's whole seconds, or the ``TypeError``/``ValueError`` that says so."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"ttl must be an int of seconds, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"ttl must be a positive int of seconds, not {value!r}")
+    return value
 
 
 def check_count(name: str, value: object) -> int:

@@ -57,6 +57,8 @@ class CachedMapping(dict):  # type: ignore[type-arg]
         """A cache of ``mapping`` (or of an :class:`EtcdMapping` made from a prefix and
         ``endpoints``); ``mapping.cached()`` is the usual way to make one."""
         dict.__init__(self)
+        if on_change is not None and not callable(on_change):
+            raise TypeError(f"on_change must be callable, not {type(on_change).__name__}")
         if isinstance(mapping, EtcdMapping):  # a view of its own: the hooks stay on it
             mapping = mapping._derive()
         else:
@@ -242,6 +244,8 @@ class CachedMapping(dict):  # type: ignore[type-arg]
 
     def getitems(self, keys: Iterable[str]) -> dict[str, Any]:
         """The present ones of ``keys`` with their values (from memory)."""
+        if isinstance(keys, (str, bytes)):  # one key, not an iterable of them
+            raise TypeError(f"getitems takes an iterable of keys, not one {type(keys).__name__}")
         out = {}
         for key in keys:
             value = self.get(key, _MISSING)

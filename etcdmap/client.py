@@ -18,6 +18,7 @@ from ._settings import (
     PAGE_SIZE,
     READ_TIMEOUT,
     Settings,
+    check_ttl,
     txn_read_crashes,
 )
 from ._transport import Transport, open_transport
@@ -327,9 +328,7 @@ class EtcdClient(MembersMixin, ClassicMixin):
 
     def lease_grant(self, ttl: int, *, lease_id: int = 0) -> LeaseGrant:
         """A new lease of ``ttl`` seconds (the server may round it up)."""
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-            raise ValueError(f"ttl must be a positive int, not {ttl!r}")
-        return self._wire().lease_grant(ttl, lease_id)
+        return self._wire().lease_grant(check_ttl(ttl), lease_id)
 
     def lease_revoke(self, lease_id: int) -> int:
         """Revoke a lease; its keys are deleted at once.  The revision that did it."""

@@ -6,6 +6,7 @@ import builtins
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._settings import check_wait
 from .errors import EtcdCompareFailed, EtcdKeyError, EtcdUnavailable
 from .ops import Compare, Put, Range, prefix_end, to_bytes
 from .records import DeleteResult, Event, GetResult, Node, RangeResponse, SetResult
@@ -180,6 +181,7 @@ class ClassicMixin:
     def watch(self, key: K, timeout: float | None = None, *, prefix: bool = False,
               start_revision: int | None = None) -> Event[K] | None:
         """Block for the next change of ``key``; ``None`` after ``timeout`` seconds."""
+        timeout = check_wait("timeout", timeout)
         with self.watch_iter(key, prefix=prefix, start_revision=start_revision,
                              prev_kv=True) as watcher:
             return watcher.next_event(timeout)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._queue import first
 from ._seat import Seat, queue_of
+from ._settings import check_wait
 from .errors import EtcdError, EtcdLockLost, EtcdLockTimeout
 from .ops import Compare, Put, prefix_end
 from .records import KeyValue
@@ -43,6 +44,13 @@ def _tell(ref: weakref.ref[Election]) -> None:
     if election is not None and election.on_lost is not None:
         election.on_lost(election)
 
+
+
+def _value(value: object) -> bytes:
+    """A leader's value as stored: UTF-8 text, or the ``TypeError`` that says so."""
+    if not isinstance(value, str):
+        raise TypeError(f"an election's value must be a str, not {type(value).__name__}")
+    return value.encode("utf-8")
 
 class Election:
     """A leader election named ``name`` under ``mapping``'s prefix.
@@ -86,7 +94,8 @@ class Election:
         :class:`~etcdmap.errors.EtcdLockLost` if its lease lapsed while it waited.
         """
         self._check_fork()
-        data = value.encode("utf-8")
+        data = _value(value)
+        timeout = check_wait("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._campaigning.acquire(timeout=-1 if timeout is None else timeout):
             raise EtcdLockTimeout(f"election {self.name!r} not won within {timeout} s")
@@ -125,9 +134,10 @@ class Election:
 
     def proclaim(self, value: str) -> None:
         """Change the leader's value; :class:`~etcdmap.errors.EtcdLockLost` if not leading."""
+        data = _value(value)
         seat = self._leading()
         resp = self._client.txn([Compare(seat.key, "CREATE", "==", seat.revision)],
-                                [Put(seat.key, value.encode("utf-8"), lease=seat.lease.id)], [])
+                                [Put(seat.key, data, lease=seat.lease.id)], [])
         if not resp.succeeded:
             raise seat.refused()
 
@@ -197,6 +207,7 @@ class Observer:
 
     def next_leader(self, timeout: float | None = None) -> str | None:
         """The next leader's value; ``None`` after ``timeout`` seconds, or once closed."""
+        timeout = check_wait("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             leader = min(self._candidates.values(), key=lambda kv: kv.create_revision,

@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._settings import check_ttl
 from .errors import EtcdError, EtcdLeaseExpired, EtcdLeaseNotFound
 from .ops import Op, Put
 
@@ -232,9 +233,7 @@ class PerWrite:
     lease = None
 
     def __init__(self, client: EtcdClient, ttl: int):
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-            raise ValueError(f"ttl must be a positive int of seconds, not {ttl!r}")
-        self.client, self.ttl = client, ttl
+        self.client, self.ttl = client, check_ttl(ttl)
 
     def attach(self, ops: Sequence[Op]) -> list[Op]:
         """``ops`` with a new lease on every put (none is granted for a write without puts)."""

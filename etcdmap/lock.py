@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._queue import queued
 from ._seat import Seat, queue_of
+from ._settings import check_wait
 from .errors import EtcdError, EtcdLockLost, EtcdLockTimeout
 from .ops import prefix_end
 
@@ -64,7 +65,9 @@ class Lock:
         self._prefix, self.ttl = queue_of(mapping, name, ttl, "a lock")
         self._client = mapping._client
         self.name = name
-        self.timeout = timeout
+        self.timeout = check_wait("timeout", timeout)
+        if on_lost is not None and not callable(on_lost):
+            raise TypeError(f"on_lost must be callable, not {type(on_lost).__name__}")
         self.on_lost = on_lost
         self._identifier = identifier
         self._local = threading.Lock()  # held by the thread that holds (or seeks) the lock
@@ -117,8 +120,7 @@ class Lock:
             raise ValueError("can't specify a timeout for a non-blocking call")
         if timeout == -1:
             timeout = self.timeout
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+        timeout = check_wait("timeout", timeout)
         me = threading.get_ident()
         if self._owner == me and self._seat is not None:
             self._seat.check()

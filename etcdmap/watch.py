@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._settings import READ_TIMEOUT
+from ._settings import READ_TIMEOUT, check_seconds
 from ._watch_reader import Reader
 from .errors import EtcdClosed, EtcdTimeout
 from .records import Event
@@ -57,6 +57,12 @@ class Watcher(Generic[K]):
         if not read_timeout > 0:
             raise ValueError(f"read_timeout must be a positive number of seconds, "
                              f"not {read_timeout!r}")
+        if start_revision is not None:
+            if isinstance(start_revision, bool) or not isinstance(start_revision, int):
+                raise TypeError(f"start_revision must be an int, not "
+                                f"{type(start_revision).__name__}")
+            if start_revision < 0:
+                raise ValueError(f"start_revision must be >= 0, not {start_revision}")
         resume = (start_revision - 1) if start_revision else None
         self.revision = resume or 0  # the last revision handed to the consumer
         self._pending: deque[Event[K]] = deque()
@@ -116,6 +122,8 @@ class Watcher(Generic[K]):
 
     def next_batch(self, timeout: float | None) -> list[Event[K]]:
         """The events of the next revision, or ``[]`` on timeout or once closed."""
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout, zero=True)
         if self._pending:
             batch = list(self._pending)
             self._pending.clear()

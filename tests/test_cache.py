@@ -478,6 +478,14 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> N
         time.sleep(0.01)
 
 
+def test_on_change_must_be_callable_and_getitems_takes_keys(
+        m: EtcdMapping, cache: CachedMapping) -> None:
+    with pytest.raises(TypeError, match="on_change must be callable"):
+        m.cached(on_change=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="iterable of keys"):
+        cache.getitems("ab")
+
+
 def test_on_change_gets_relative_keys_and_decoded_values(
         etcd_client: EtcdClient, etcd_prefix: str, caches: OpenCache) -> None:
     jm = EtcdMapping(etcd_prefix, client=etcd_client, codec="json")

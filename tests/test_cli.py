@@ -519,7 +519,24 @@ def test_connection_problems_exit_3_and_say_what_to_do(etcd_prefix: str) -> None
     cases = [["get", f"{etcd_prefix}/k"], ["set", f"{etcd_prefix}/k", "v"],
              ["ls", etcd_prefix], ["dump", etcd_prefix]]
     for result in run_all([[*args, "--dial-timeout", "500ms"] for args in cases], dead):
-        one_line_error(result, 3, dead, "ETCDCTL_ENDPOINTS", "`etcdmap serve`")
+        one_line_error(result, 3, dead, "--endpoints", "ETCDCTL_ENDPOINTS", "`etcdmap serve`")
+        assert "endpoints=" not in result.err  # the Python API's argument, not a flag
+
+
+def test_malformed_endpoints_exit_2_at_once(ep: str) -> None:
+    for endpoints, fragment in [("", "--endpoints names no endpoint"),
+                                (" , ", "--endpoints names no endpoint"),
+                                ("http://127.0.0.1:notaport", "invalid port"),
+                                ("http://127.0.0.1:99999", "invalid port")]:
+        # An empty flag is not "use the default": $ETCDCTL_ENDPOINTS is ignored too.
+        result = run("get", "k", "--endpoints", endpoints, env={"ETCDCTL_ENDPOINTS": ep})
+        one_line_error(result, 2, fragment)
+
+
+def test_an_error_line_stays_within_300_characters(ep: str, etcd_prefix: str) -> None:
+    result = run("get", f"{etcd_prefix}/" + "x" * 1000 + "//y", endpoint=ep)
+    one_line_error(result, 2)
+    assert len(result.err.rstrip("\n")) <= 300 and result.err.endswith("...\n")
 
 
 class _NotEtcd(http.server.BaseHTTPRequestHandler):

@@ -338,10 +338,11 @@ def test_lease_revoke_deletes_its_keys_at_once(etcd_client, etcd_prefix) -> None
     assert etcd_client.range(f"{etcd_prefix}/", prefix=True).kvs == ()
 
 
-@pytest.mark.parametrize("ttl", [0, -5, 1.5, True])
-def test_lease_grant_rejects_a_ttl_that_is_not_a_positive_int(ttl) -> None:
+@pytest.mark.parametrize(("ttl", "error"), [(0, ValueError), (-5, ValueError),
+                                            (1.5, TypeError), (True, TypeError)])
+def test_lease_grant_rejects_a_ttl_that_is_not_a_positive_int(ttl, error) -> None:
     client = EtcdClient("http://127.0.0.1:1")  # never contacted
-    with pytest.raises(ValueError):
+    with pytest.raises(error, match="ttl"):
         client.lease_grant(ttl)
 
 
@@ -611,6 +612,33 @@ def test_watch_returns_none_after_the_timeout(etcd_client, etcd_prefix) -> None:
 def test_client_reads_etcdctl_endpoints(monkeypatch) -> None:
     monkeypatch.setenv("ETCDCTL_ENDPOINTS", "http://10.0.0.1:2379,10.0.0.2:2379")
     assert EtcdClient().endpoints == ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+
+
+@pytest.mark.no_transport
+@pytest.mark.parametrize(("endpoints", "error", "fragment"), [
+    ("http://127.0.0.1:notaport", ValueError, "invalid port"),
+    ("http://127.0.0.1:99999", ValueError, "invalid port"),
+    ("127.0.0.1:0", ValueError, "invalid port"),
+    ("http://127.0.0.1:", ValueError, "invalid port"),
+    ("ftp://127.0.0.1:2379", ValueError, "invalid etcd endpoint"),
+    ("http://alice:pw@127.0.0.1:2379", ValueError, "username=/password="),
+    (" , ", ValueError, "no etcd endpoint"),
+    (5, TypeError, "endpoints must be"),
+    (b"http://127.0.0.1:2379", TypeError, "endpoints must be"),
+    ([5], TypeError, "str URLs"),
+])
+def test_a_malformed_endpoint_is_refused_at_once(endpoints: object, error: type[Exception],
+                                                 fragment: str) -> None:
+    with pytest.raises(error, match=fragment) as caught:
+        EtcdClient(endpoints)  # type: ignore[arg-type]
+    assert "pw" not in str(caught.value)
+
+
+@pytest.mark.no_transport
+def test_endpoints_in_any_of_their_usual_spellings() -> None:
+    assert EtcdClient(["127.0.0.1:2379", "https://[::1]:2379/"]).endpoints == [
+        "http://127.0.0.1:2379", "https://[::1]:2379"]
+    assert EtcdClient(("localhost",)).endpoints == ["http://localhost"]
 
 
 def test_client_defaults_to_localhost_2379(monkeypatch) -> None:

@@ -208,3 +208,25 @@ def test_one_leader_at_a_time_while_leaders_are_killed(
     revisions = [next(r["revision"] for r in w.reports if r["what"] == "lead") for w in leaders]
     assert revisions == sorted(revisions)  # fencing tokens only grow
     assert not any(r["what"] == "lost" for w in started for r in w.reports)  # none lapsed
+
+
+def test_bad_arguments_are_refused_at_once(m: EtcdMapping) -> None:
+    election = m.election("checked")
+    for value in (None, 123, b"x"):
+        with pytest.raises(TypeError, match="value must be a str"):
+            election.campaign(value)  # type: ignore[arg-type]
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            election.campaign("x", timeout=bad)
+    with pytest.raises(TypeError, match="timeout"):
+        election.campaign("x", timeout="1")  # type: ignore[arg-type]
+    assert election.leader() is None  # nothing was put
+    election.campaign("x")
+    try:
+        with pytest.raises(TypeError, match="value must be a str"):
+            election.proclaim(5)  # type: ignore[arg-type]
+        assert election.leader() == "x"
+    finally:
+        election.resign()
+    with pytest.raises(TypeError, match="str name"):
+        m.election(7)  # type: ignore[arg-type]

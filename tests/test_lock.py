@@ -206,13 +206,28 @@ def threading_release(lock: Lock) -> None:
 
 
 def test_arguments_are_checked(m: EtcdMapping) -> None:
-    for ttl in (0, -1, 1.5, True):
+    for ttl in (0, -1):
         with pytest.raises(ValueError, match="ttl"):
+            m.lock("job", ttl=ttl)
+    for ttl in (1.5, True, None, "10"):
+        with pytest.raises(TypeError, match="ttl"):
             m.lock("job", ttl=ttl)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="name"):
         m.lock("")
-    with pytest.raises(ValueError, match="timeout"):
-        m.lock("job").acquire(timeout=-2)
+    with pytest.raises(TypeError, match="name"):
+        m.lock(1)  # type: ignore[arg-type]
+    for bad in (-2, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout"):
+            m.lock("job").acquire(timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            m.lock("job", timeout=bad)
+    for wrong in ("1", [1]):
+        with pytest.raises(TypeError, match="timeout"):
+            m.lock("job").acquire(timeout=wrong)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="timeout"):
+            m.lock("job", timeout=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_lost"):
+        m.lock("job", on_lost=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(m.lock("job"))
     assert repr(m.lock("job")) == "<Lock 'job' unheld>"  # no I/O

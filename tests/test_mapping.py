@@ -717,6 +717,16 @@ def test_getitems_returns_the_present_keys_in_few_requests(
     assert m["db/opts/ssl"] == "off"
 
 
+@pytest.mark.parametrize("one", ["ab", b"ab"])
+def test_getitems_of_one_str_is_a_type_error_not_a_read_per_letter(
+        m: EtcdMapping, http_log: list[str], one: str) -> None:
+    m["a"] = "1"
+    http_log.clear()
+    with pytest.raises(TypeError, match="iterable of keys"):
+        m.getitems(one)
+    assert http_log == []
+
+
 def test_getitems_of_nothing_reads_nothing(m: EtcdMapping, http_log: list[str]) -> None:
     assert m.getitems([]) == {}
     assert m.getitems(["", "a//b"]) == {}

@@ -106,9 +106,13 @@ def test_a_submapping_of_a_ttl_view_writes_with_the_same_ttl(
     assert lease and etcd_client.lease_time_to_live(lease).granted_ttl == 30
 
 
-@pytest.mark.parametrize("seconds", [0, -1, 1.5, True, "2"])
-def test_with_ttl_takes_a_positive_int_of_seconds(m: EtcdMapping, seconds: object) -> None:
-    with pytest.raises(ValueError, match="ttl"):
+@pytest.mark.parametrize(("seconds", "error"), [
+    (0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError),
+    (None, TypeError),
+])
+def test_with_ttl_takes_a_positive_int_of_seconds(m: EtcdMapping, seconds: object,
+                                                  error: type[Exception]) -> None:
+    with pytest.raises(error, match="ttl"):
         m.with_ttl(seconds)  # type: ignore[arg-type]
 
 

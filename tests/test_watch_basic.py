@@ -115,3 +115,20 @@ def test_watching_from_a_compacted_revision_raises_etcd_compacted(
             pytest.raises(EtcdCompacted) as info:
         watcher.next_event(5)
     assert info.value.compact_revision == latest
+
+
+@pytest.mark.parametrize(("revision", "error"), [(-1, ValueError), ("3", TypeError),
+                                                 (1.5, TypeError), (True, TypeError)])
+def test_a_bad_start_revision_is_refused_at_once(etcd_client: EtcdClient, etcd_prefix: str,
+                                                 revision: object,
+                                                 error: type[Exception]) -> None:
+    with pytest.raises(error, match="start_revision"):
+        etcd_client.watch_iter(f"{etcd_prefix}/k", start_revision=revision)  # type: ignore[arg-type]
+
+
+def test_a_bad_wait_is_refused_at_once(etcd_client: EtcdClient, etcd_prefix: str) -> None:
+    with etcd_client.watch_iter(f"{etcd_prefix}/k") as events:
+        with pytest.raises(TypeError, match="timeout"):
+            events.next_event("1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout"):
+            events.next_event(-1)

@@ -16,7 +16,17 @@ COOLDOWN = 5.0
 
 def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
     """``"http://a:2379,http://b:2379"`` or a list, as URLs without a trailing slash."""
-    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    if isinstance(endpoints, str):
+        items = endpoints.split(",")
+    else:
+        wrong = TypeError(f"endpoints must be a str or a list of str URLs, "
+                          f"not {type(endpoints).__name__}")
+        if isinstance(endpoints, (bytes, bytearray)):
+            raise wrong
+        try:
+            items = list(endpoints)
+        except TypeError:
+            raise wrong from None
     out = []
     for item in items:
         if not isinstance(item, str):
@@ -32,6 +42,12 @@ def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
         if parts.username or parts.password:
             # Never keep secrets in URLs: they would show in reprs and errors.
             raise ValueError("pass credentials as username=/password=, not in the endpoint URL")
+        try:
+            port = parts.port  # a number from 0 to 65535, or None
+        except ValueError:
+            port = 0
+        if port == 0 or (port is None and parts.netloc.endswith(":")):
+            raise ValueError(f"invalid port in etcd endpoint {item!r}")
         out.append(f"{parts.scheme}://{parts.netloc}")
     if not out:
         raise ValueError("no etcd endpoint given")

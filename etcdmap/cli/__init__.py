@@ -103,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{one_line(exc)}: key not found")
         return EXIT_NOT_FOUND
     except EtcdError as exc:
-        message = one_line(exc) or type(exc).__name__
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        # The library's hint names its Python argument; a shell user has the flag.
+        message = message.replace("Point ETCDCTL_ENDPOINTS (or endpoints=) at",
+                                  "Point --endpoints (or $ETCDCTL_ENDPOINTS) at")
         # Nothing answered: say what to do (unless the library already did).
         if type(exc) in (EtcdConnectionError, EtcdTimeout) and "etcdmap serve" not in message:
             message += NO_ETCD_HINT
@@ -125,4 +128,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"etcdmap: {message}", file=sys.stderr)
+    print(one_line(f"etcdmap: {message}"), file=sys.stderr)  # the whole line within the limit

@@ -163,7 +163,7 @@ def cmd_set(args: argparse.Namespace, client: EtcdClient) -> int:
     mapping, name = target.owner(client)
     if args.ttl is not None:
         if args.ttl <= 0:
-            raise CliError(f"--ttl must be a positive number of seconds, not {args.ttl}")
+            raise CliError(f"--ttl must be a positive whole number of seconds, not {args.ttl}")
         mapping = mapping.with_ttl(args.ttl)
     mapping[name] = args.value
     return EXIT_OK

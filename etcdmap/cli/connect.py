@@ -49,6 +49,8 @@ def settings(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> S
     """
     given = {var: value for dest, var in FLAG_VARIABLES.items()
              if (value := getattr(args, dest, None)) is not None}
+    if "ETCDCTL_ENDPOINTS" in given and not given["ETCDCTL_ENDPOINTS"].strip(" ,"):
+        raise CliError("--endpoints names no endpoint (e.g. --endpoints http://127.0.0.1:2379)")
     merged = {**env, **given}
     user: str | None = args.user
     if user is not None and ":" not in user and "ETCDCTL_PASSWORD" not in merged:
