@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._settings import MAX_PAGE_SIZE
-from ._tree import add_to_tree
+from ._tree import add_to_tree, many_keys
 from ._wire.keys import key_name
 from .ops import Range, prefix_end
 from .records import KeyValue, RangeResponse
@@ -137,10 +137,8 @@ def has_children(m: Reader) -> bool:
 
 def values_of(m: Reader, keys: Iterable[str]) -> dict[str, Any]:
     """``getitems``: the present ones of ``keys`` with their values, at one revision."""
-    if isinstance(keys, (str, bytes)):  # one key, not an iterable of them
-        raise TypeError(f"getitems takes an iterable of keys, not one {type(keys).__name__}")
     wanted = []
-    for key in keys:
+    for key in many_keys(keys):
         with contextlib.suppress(KeyError):  # a malformed key is absent
             wanted.append((key, m._full(key, write=False)))
     out: dict[str, Any] = {}

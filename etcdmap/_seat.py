@@ -43,7 +43,7 @@ _RETRY = 1.0  # seconds between attempts to re-establish a failed watch of the o
 
 def queue_of(mapping: EtcdMapping, name: str, ttl: int, what: str) -> tuple[bytes, int]:
     """The key prefix of the queue at ``name`` (a lock's or an election's) and ``ttl``,
-    or the ``ValueError`` that names what is wrong."""
+    or the ``TypeError``/``ValueError`` that names what is wrong."""
     if not isinstance(name, str):
         raise TypeError(f"{what} needs a str name, not {type(name).__name__}")
     if not name:

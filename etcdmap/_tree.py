@@ -17,8 +17,8 @@ from ._wire.keys import key_bytes, key_name
 from .ops import ALL_KEYS, Delete, Put, prefix_end, subtract_points
 from .records import KeyValue
 
-__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "pairs_of", "parse_key", "plain", "plan_ops",
-           "prefix_bytes"]
+__all__ = ["WritePlan", "add_to_tree", "chunk_ops", "many_keys", "pairs_of", "parse_key", "plain",
+           "plan_ops", "prefix_bytes"]
 
 Encode = Callable[[Any, bytes], bytes]  # (value, its etcd key) -> bytes
 Decode = Callable[[bytes, bytes], Any]  # (data, its etcd key) -> value
@@ -36,6 +36,13 @@ def prefix_bytes(prefix: object, sep: object) -> bytes:
         return key_bytes(prefix if not prefix or prefix.endswith(sep) else prefix + sep)
     except UnicodeEncodeError:
         raise ValueError(f"invalid prefix {prefix!r}: a lone surrogate is no etcd key") from None
+
+
+def many_keys(keys: Iterable[Any]) -> Iterable[Any]:
+    """``getitems``' keys, or the ``TypeError`` for one key given instead of an iterable."""
+    if isinstance(keys, (str, bytes)):
+        raise TypeError(f"getitems takes an iterable of keys, not one {type(keys).__name__}")
+    return keys
 
 
 def pairs_of(other: Any, kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:

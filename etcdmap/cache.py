@@ -26,7 +26,7 @@ from typing import Any
 
 from ._mirror import Mirror
 from ._settings import READ_TIMEOUT
-from ._tree import plain
+from ._tree import many_keys, plain
 from ._wire.keys import key_bytes
 from .client import EtcdClient
 from .errors import EtcdKeyError
@@ -244,10 +244,8 @@ class CachedMapping(dict):  # type: ignore[type-arg]
 
     def getitems(self, keys: Iterable[str]) -> dict[str, Any]:
         """The present ones of ``keys`` with their values (from memory)."""
-        if isinstance(keys, (str, bytes)):  # one key, not an iterable of them
-            raise TypeError(f"getitems takes an iterable of keys, not one {type(keys).__name__}")
         out = {}
-        for key in keys:
+        for key in many_keys(keys):
             value = self.get(key, _MISSING)
             if value is not _MISSING:
                 out[key] = value

@@ -45,12 +45,12 @@ def _tell(ref: weakref.ref[Election]) -> None:
         election.on_lost(election)
 
 
-
 def _value(value: object) -> bytes:
     """A leader's value as stored: UTF-8 text, or the ``TypeError`` that says so."""
     if not isinstance(value, str):
         raise TypeError(f"an election's value must be a str, not {type(value).__name__}")
     return value.encode("utf-8")
+
 
 class Election:
     """A leader election named ``name`` under ``mapping``'s prefix.

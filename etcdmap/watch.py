@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._settings import READ_TIMEOUT, check_seconds
+from ._settings import READ_TIMEOUT, check_wait
 from ._watch_reader import Reader
 from .errors import EtcdClosed, EtcdTimeout
 from .records import Event
@@ -122,8 +122,7 @@ class Watcher(Generic[K]):
 
     def next_batch(self, timeout: float | None) -> list[Event[K]]:
         """The events of the next revision, or ``[]`` on timeout or once closed."""
-        if timeout is not None:
-            timeout = check_seconds("timeout", timeout, zero=True)
+        timeout = check_wait("timeout", timeout)
         if self._pending:
             batch = list(self._pending)
             self._pending.clear()
